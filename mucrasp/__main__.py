@@ -1,0 +1,3 @@
+from mucrasp.cli import main
+
+main()

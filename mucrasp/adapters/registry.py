@@ -1,0 +1,41 @@
+"""Architecture name (as in config.json's `architectures`) -> adapter."""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from mucrasp.adapters.base import ArchitectureAdapter
+from mucrasp.errors import MucraspError
+
+_ADAPTERS: dict[str, ArchitectureAdapter] = {}
+A = TypeVar("A", bound=type[ArchitectureAdapter])
+
+
+def register_adapter(cls: A) -> A:
+    """Class decorator: make an adapter available under its `architecture` name."""
+    if not cls.architecture:
+        raise ValueError(f"{cls.__name__} must set `architecture`")
+    _ADAPTERS[cls.architecture] = cls()
+    return cls
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_ADAPTERS)
+
+
+def get_adapter(architecture: str) -> ArchitectureAdapter:
+    try:
+        return _ADAPTERS[architecture]
+    except KeyError:
+        raise MucraspError(
+            f"unsupported architecture {architecture!r}; supported: {', '.join(supported_architectures())}"
+        ) from None
+
+
+def adapter_for_config(config) -> ArchitectureAdapter:
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures:
+        raise MucraspError(
+            "config.json names no architecture; supported: " + ", ".join(supported_architectures())
+        )
+    return get_adapter(architectures[0])

@@ -1,0 +1,170 @@
+"""The pruned checkpoint: a Hugging Face folder plus the per-layer widths and `pruning.json`.
+
+Layout written by `save_pruned`:
+- `config.json`: the original config with the decoder widths recorded. When every layer has the
+  same widths (and stock code can express them) it is a plain stock config. Otherwise the text
+  config carries `layer_intermediate_sizes` and `layer_num_key_value_heads`, one entry per decoder
+  layer, and `head_dim`; the global sizes stay the original ones, so stock code refuses the
+  weights loudly (shape mismatch) instead of loading them wrong.
+- `model.safetensors` (sharded above the size limit), `generation_config.json`;
+- the tokenizer, processor and chat-template files of the source model, copied over;
+- `pruning.json`: the manifest (method, ratio, kept units per layer, parameter counts).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import init_empty_weights
+from safetensors.torch import load_file
+from transformers import AutoConfig, GenerationConfig, PretrainedConfig, PreTrainedModel
+from transformers.core_model_loading import revert_weight_conversion
+
+from mucrasp.adapters import adapter_for_config
+from mucrasp.adapters.base import ArchitectureAdapter
+from mucrasp.atomic_io import atomic_directory, write_json_atomic
+from mucrasp.errors import MucraspError
+from mucrasp.units import KeepPlan
+
+MANIFEST_NAME = "pruning.json"
+LAYER_INTERMEDIATE_SIZES = "layer_intermediate_sizes"
+LAYER_NUM_KV_HEADS = "layer_num_key_value_heads"
+# Files save_pretrained writes itself, or that describe the source weights rather than the pruned ones.
+_NOT_CARRIED = {"config.json", "generation_config.json", MANIFEST_NAME, "README.md"}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".onnx", ".index.json")
+
+
+def per_layer_widths(config: PretrainedConfig, adapter: ArchitectureAdapter) -> tuple[list[int], list[int]] | None:
+    """The recorded per-layer (MLP channels, KV heads), or None for a stock (uniform) config."""
+    text = adapter.text_config(config)
+    mlp = getattr(text, LAYER_INTERMEDIATE_SIZES, None)
+    kv = getattr(text, LAYER_NUM_KV_HEADS, None)
+    if mlp is None and kv is None:
+        return None
+    if mlp is None or kv is None or len(mlp) != len(kv) or len(mlp) != text.num_hidden_layers:
+        raise MucraspError(
+            f"config has inconsistent per-layer widths ({LAYER_INTERMEDIATE_SIZES}, {LAYER_NUM_KV_HEADS})"
+        )
+    return list(mlp), list(kv)
+
+
+def record_widths(config: PretrainedConfig, adapter: ArchitectureAdapter, plan: KeepPlan) -> None:
+    """Write the plan's widths into `config` (see the module docstring for the two forms)."""
+    text = adapter.text_config(config)
+    head_dim, group = adapter.head_dim(config), adapter.group_size(config)
+    widths = plan.widths()
+    mlp = [w["mlp_channels"] for w in widths]
+    kv = [w["kv_groups"] for w in widths]
+    heads_removed = any(k != text.num_key_value_heads for k in kv)
+    stock = plan.is_uniform() and (not heads_removed or adapter.stock_config_honours_head_dim)
+    for name in (LAYER_INTERMEDIATE_SIZES, LAYER_NUM_KV_HEADS):
+        if hasattr(text, name):
+            delattr(text, name)
+    if stock:
+        text.intermediate_size = mlp[0]
+        text.num_key_value_heads = kv[0]
+        text.num_attention_heads = kv[0] * group
+        if heads_removed:
+            text.head_dim = head_dim
+    else:
+        text.head_dim = head_dim
+        setattr(text, LAYER_INTERMEDIATE_SIZES, mlp)
+        setattr(text, LAYER_NUM_KV_HEADS, kv)
+
+
+def _carry_source_files(source_dir: Path | None, staging: Path) -> list[str]:
+    if source_dir is None:
+        return []
+    carried = []
+    for item in sorted(Path(source_dir).iterdir()):
+        if not item.is_file() or item.name in _NOT_CARRIED or item.name.endswith(_WEIGHT_SUFFIXES):
+            continue
+        shutil.copy2(item, staging / item.name)
+        carried.append(item.name)
+    return carried
+
+
+def save_pruned(
+    model: PreTrainedModel,
+    out_dir: str | Path,
+    plan: KeepPlan,
+    manifest: dict[str, Any],
+    source_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a sliced model as a checkpoint, atomically: `out_dir` appears complete or not at all."""
+    adapter = adapter_for_config(model.config)
+    out_dir = Path(out_dir)
+    record_widths(model.config, adapter, plan)
+    with atomic_directory(out_dir, overwrite=overwrite) as staging:
+        carried = _carry_source_files(Path(source_dir) if source_dir else None, staging)
+        model.save_pretrained(staging)
+        write_json_atomic(staging / MANIFEST_NAME, {**manifest, "carried_files": carried})
+    return out_dir
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    manifest = Path(path) / MANIFEST_NAME
+    if not manifest.is_file():
+        raise MucraspError(f"{path} is not a pruned checkpoint (no {MANIFEST_NAME})")
+    return json.loads(manifest.read_text())
+
+
+def _weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / shard for shard in shards]
+    single = path / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise MucraspError(f"{path} holds no safetensors weights")
+
+
+def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """Load a checkpoint written by `save_pruned`, rebuilding per-layer shapes where it has them.
+
+    A stock (uniform) checkpoint goes through the model class's own `from_pretrained`. A per-layer
+    one is built with empty weights at the original widths, each layer is resized to its recorded
+    widths, and the saved tensors are assigned in.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise MucraspError(f"{path} is not a model directory (no config.json)")
+    config = AutoConfig.from_pretrained(path)
+    adapter = adapter_for_config(config)
+    widths = per_layer_widths(config, adapter)
+    if widths is None:
+        model = adapter.model_class().from_pretrained(path, dtype=dtype or "auto")
+        return model.eval()
+
+    with init_empty_weights():
+        model = adapter.model_class()(config)
+    for layer, mlp, kv in zip(adapter.decoder_layers(model), *widths):
+        adapter.slice_layer(layer, config, torch.arange(mlp), torch.arange(kv))
+    saved = {}
+    for shard in _weight_files(path):
+        saved.update(load_file(shard))
+    # save_pretrained writes some families under legacy key names (Qwen-VL: `model.layers.*` for
+    # `model.language_model.layers.*`); ask transformers how it renamed each key when saving.
+    file_key_to_module_key = {
+        next(iter(revert_weight_conversion(model, {key: tensor}))): key for key, tensor in model.state_dict().items()
+    }
+    state = {file_key_to_module_key.get(key, key): tensor for key, tensor in saved.items()}
+    unexpected = sorted(set(state) - set(file_key_to_module_key.values()))
+    if unexpected:
+        raise MucraspError(f"{path}: weights with no place in the model, e.g. {unexpected[:3]}")
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    missing = [name for name, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise MucraspError(f"{path}: checkpoint lacks weights, e.g. {missing[:3]}")
+    if dtype is not None:
+        model.to(dtype)
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model.eval()

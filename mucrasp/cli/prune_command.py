@@ -1,0 +1,62 @@
+"""`mucrasp-deploy prune`: options in, `mucrasp.pruning.prune` out, a summary table back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mucrasp.cli.app import app, console
+from mucrasp.cli.progress import rich_progress
+from mucrasp.pruning import PruneConfig, PruneReport, prune
+
+
+@app.command("prune")
+def prune_command(
+    model: Path = typer.Argument(..., help="Model folder (Hugging Face checkpoint)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the pruned checkpoint."),
+    ratio: float = typer.Option(0.3, help="Fraction of the decoder's attention+MLP parameters to remove, in [0, 0.9]."),
+    method: str = typer.Option("magnitude", help="Scoring method."),
+    layout: str = typer.Option(None, help="global (per-layer widths) or uniform (stock checkpoint); default: the method's."),
+    align: int = typer.Option(8, help="Kept MLP channels per layer are a multiple of this."),
+    tp: int = typer.Option(1, help="Kept KV groups per layer divide by this tensor-parallel size."),
+    min_mlp_fraction: float = typer.Option(0.10, help="Each layer keeps at least this share of its MLP channels."),
+    min_kv_groups: int = typer.Option(1, help="Each layer keeps at least this many GQA groups."),
+    calib: Path = typer.Option(None, help="Calibration JSONL, for methods that need data."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Prune MODEL into a smaller dense checkpoint."""
+    config = PruneConfig(
+        model=model, out=out, ratio=ratio, method=method, layout=layout, align=align, tp=tp,
+        min_mlp_fraction=min_mlp_fraction, min_kv_groups=min_kv_groups, calibration=calib, overwrite=overwrite,
+    )
+    with rich_progress() as progress:
+        report = prune(config, progress=progress)
+    render_prune_report(report)
+
+
+def _fmt(n: int) -> str:
+    return f"{n / 1e6:,.2f}M" if n >= 1e5 else f"{n:,}"
+
+
+def render_prune_report(report: PruneReport) -> None:
+    outcome = report.outcome
+    params = Table(title=f"Pruned checkpoint: {report.out}")
+    for column in ("parameters", "before", "after", "removed"):
+        params.add_column(column, justify="right" if column != "parameters" else "left")
+    for name in ("total", "decoder", "prunable"):
+        before, after = getattr(outcome.before, name), getattr(outcome.after, name)
+        params.add_row(name, _fmt(before), _fmt(after), f"{1 - after / before:.1%}")
+    params.caption = (
+        f"ratio achieved {outcome.ratio_achieved:.3f} of prunable parameters, layout {outcome.layout}, "
+        f"files {report.checkpoint_bytes / 2**20:,.1f} MiB"
+    )
+    console.print(params)
+
+    layers = Table(title="Per-layer widths")
+    for column in ("layer", "MLP channels", "KV groups"):
+        layers.add_column(column, justify="right")
+    for i, ((mlp_before, groups_before), after) in enumerate(zip(outcome.widths_before, outcome.plan.widths())):
+        layers.add_row(str(i), f"{after['mlp_channels']} / {mlp_before}", f"{after['kv_groups']} / {groups_before}")
+    console.print(layers)

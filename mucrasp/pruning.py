@@ -1,0 +1,154 @@
+"""The prune job: load, score, allocate, slice, save. `prune` is what `mucrasp-deploy prune` calls."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel
+
+import mucrasp
+from mucrasp.adapters.base import ArchitectureAdapter
+from mucrasp.allocation import AllocationConfig, allocate
+from mucrasp.atomic_io import check_output_dir
+from mucrasp.checkpoint import save_pruned
+from mucrasp.model_loading import load_model, read_model_config
+from mucrasp.params import ParameterCounts, count_parameters, unit_costs
+from mucrasp.scoring import ScoringContext, ScoringResult, get_method
+from mucrasp.scoring.base import ProgressCallback, _no_progress
+from mucrasp.slicing import slice_model
+from mucrasp.units import KeepPlan
+
+
+@dataclass
+class PruneConfig:
+    model: Path
+    out: Path
+    ratio: float
+    method: str = "magnitude"
+    layout: str | None = None  # None: the method's own default
+    align: int = 8
+    tp: int = 1
+    min_mlp_fraction: float = 0.10
+    min_kv_groups: int = 1
+    calibration: Path | None = None
+    overwrite: bool = False
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PruneOutcome:
+    """What pruning a model in memory produced."""
+
+    plan: KeepPlan
+    scoring: ScoringResult
+    before: ParameterCounts
+    after: ParameterCounts
+    widths_before: list[tuple[int, int]]
+    layout: str
+
+    @property
+    def ratio_achieved(self) -> float:
+        return 1.0 - self.after.prunable / self.before.prunable
+
+    @property
+    def total_share_removed(self) -> float:
+        return 1.0 - self.after.total / self.before.total
+
+
+@dataclass
+class PruneReport:
+    out: Path
+    outcome: PruneOutcome
+    checkpoint_bytes: int
+
+
+def prune_in_memory(
+    model: PreTrainedModel,
+    adapter: ArchitectureAdapter,
+    ratio: float,
+    method: str = "magnitude",
+    layout: str | None = None,
+    align: int = 8,
+    tp: int = 1,
+    min_mlp_fraction: float = 0.10,
+    min_kv_groups: int = 1,
+    calibration: Any = None,
+    method_options: dict[str, Any] | None = None,
+    progress: ProgressCallback = _no_progress,
+) -> PruneOutcome:
+    """Score, allocate and slice `model` in place; usable from Python with no files involved."""
+    scoring_method = get_method(method)
+    chosen_layout = layout or scoring_method.default_layout
+    allocation = AllocationConfig(
+        ratio=ratio, layout=chosen_layout, align=align, tp=tp, min_mlp_fraction=min_mlp_fraction,
+        min_kv_groups=min_kv_groups,
+        # A uniform layout is chosen to get a stock checkpoint; families whose stock code derives
+        # head_dim from the head count can only get one if every GQA group stays.
+        prune_attention=chosen_layout != "uniform" or adapter.stock_config_honours_head_dim,
+    )
+    allocation.validate()
+    before = count_parameters(model, adapter)
+    widths_before = adapter.layer_widths(model)
+    context = ScoringContext(ratio=ratio, calibration=calibration, options=method_options or {}, progress=progress)
+    result = scoring_method.score(model, adapter, context)
+    plan = allocate(result.values, unit_costs(model, adapter), allocation)
+    slice_model(model, adapter, plan)
+    scoring_method.after_slicing(model, adapter, plan, result)
+    return PruneOutcome(plan, result, before, count_parameters(model, adapter), widths_before, chosen_layout)
+
+
+def build_manifest(config: PruneConfig, outcome: PruneOutcome, architecture: str) -> dict[str, Any]:
+    return {
+        "format_version": 1,
+        "tool": f"mucrasp-deploy {mucrasp.__version__}",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "base_model": str(Path(config.model).resolve()),
+        "architecture": architecture,
+        "method": config.method,
+        "ratio": config.ratio,
+        "ratio_definition": "fraction of the decoder's attention + MLP projection parameters removed",
+        "ratio_achieved": round(outcome.ratio_achieved, 6),
+        "total_share_removed": round(outcome.total_share_removed, 6),
+        "layout": outcome.layout,
+        "allocation": {
+            "align": config.align, "tp": config.tp, "min_mlp_fraction": config.min_mlp_fraction,
+            "min_kv_groups": config.min_kv_groups,
+        },
+        "parameters": {"before": outcome.before.as_dict(), "after": outcome.after.as_dict()},
+        "widths_before": [{"mlp_channels": m, "kv_groups": g} for m, g in outcome.widths_before],
+        "widths_after": outcome.plan.widths(),
+        "kept_units": outcome.plan.to_json(),
+        "scoring_details": outcome.scoring.details,
+    }
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def prune(config: PruneConfig, progress: ProgressCallback = _no_progress) -> PruneReport:
+    """Prune the model at `config.model` and write the pruned checkpoint to `config.out`."""
+    AllocationConfig(ratio=config.ratio, layout=config.layout or "global").validate()
+    get_method(config.method)  # fail on a bad name before loading anything
+    check_output_dir(Path(config.out), config.overwrite)
+    read_model_config(config.model)
+    progress("loading model", 0, 1)
+    loaded = load_model(config.model)
+    progress("loading model", 1, 1)
+    outcome = prune_in_memory(
+        loaded.model, loaded.adapter, config.ratio, method=config.method, layout=config.layout,
+        align=config.align, tp=config.tp, min_mlp_fraction=config.min_mlp_fraction,
+        min_kv_groups=config.min_kv_groups, calibration=config.calibration,
+        method_options=config.method_options, progress=progress,
+    )
+    progress("saving checkpoint", 0, 1)
+    manifest = build_manifest(config, outcome, loaded.adapter.architecture)
+    out = save_pruned(loaded.model, config.out, outcome.plan, manifest, source_dir=config.model, overwrite=config.overwrite)
+    progress("saving checkpoint", 1, 1)
+    return PruneReport(out=out, outcome=outcome, checkpoint_bytes=_dir_bytes(out))
+
+
+__all__ = ["PruneConfig", "PruneOutcome", "PruneReport", "prune", "prune_in_memory", "build_manifest"]

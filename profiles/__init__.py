@@ -1,0 +1,1 @@
+"""Hardware profiles, as YAML data files (imported as mucrasp.profiles)."""

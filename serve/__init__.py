@@ -1,0 +1,1 @@
+"""Serving smoke tests on vLLM, ONNX Runtime and transformers (imported as mucrasp.serve)."""
