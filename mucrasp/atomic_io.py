@@ -33,6 +33,7 @@ def atomic_directory(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     check_output_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
     try:
         yield staging
         if out_dir.exists():
@@ -46,6 +47,12 @@ def atomic_directory(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: Path, payload: object) -> None:

@@ -5,7 +5,8 @@ Layout written by `save_pruned`:
   same widths (and stock code can express them) it is a plain stock config. Otherwise the text
   config carries `layer_intermediate_sizes` and `layer_num_key_value_heads`, one entry per decoder
   layer, and `head_dim`; the global sizes stay the original ones, so stock code refuses the
-  weights loudly (shape mismatch) instead of loading them wrong.
+  weights loudly (shape mismatch) instead of loading them wrong. A model whose o_proj/down_proj
+  gained a bias (FLAP's bias compensation) is never stock: `output_projection_bias` says so.
 - `model.safetensors` (sharded above the size limit), `generation_config.json`;
 - the tokenizer, processor and chat-template files of the source model, copied over;
 - `pruning.json`: the manifest (method, ratio, kept units per layer, parameter counts).
@@ -33,6 +34,8 @@ from mucrasp.units import KeepPlan
 MANIFEST_NAME = "pruning.json"
 LAYER_INTERMEDIATE_SIZES = "layer_intermediate_sizes"
 LAYER_NUM_KV_HEADS = "layer_num_key_value_heads"
+# Set when o_proj/down_proj carry a bias the stock family lacks (FLAP's bias compensation adds one).
+OUTPUT_PROJECTION_BIAS = "output_projection_bias"
 # Files save_pretrained writes itself, or that describe the source weights rather than the pruned ones.
 _NOT_CARRIED = {"config.json", "generation_config.json", MANIFEST_NAME, "README.md"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".onnx", ".index.json")
@@ -52,16 +55,27 @@ def per_layer_widths(config: PretrainedConfig, adapter: ArchitectureAdapter) -> 
     return list(mlp), list(kv)
 
 
-def record_widths(config: PretrainedConfig, adapter: ArchitectureAdapter, plan: KeepPlan) -> None:
-    """Write the plan's widths into `config` (see the module docstring for the two forms)."""
+def _has_added_output_bias(model: PreTrainedModel, adapter: ArchitectureAdapter) -> bool:
+    text = adapter.text_config(model.config)
+    stock_has_it = bool(getattr(text, "attention_bias", False) and getattr(text, "mlp_bias", False))
+    return not stock_has_it and any(
+        adapter.attention_projections(layer)[3].bias is not None or adapter.mlp_projections(layer)[2].bias is not None
+        for layer in adapter.decoder_layers(model)
+    )
+
+
+def record_widths(model: PreTrainedModel, adapter: ArchitectureAdapter, plan: KeepPlan) -> None:
+    """Write the plan's widths into the model's config (see the module docstring for the two forms)."""
+    config = model.config
     text = adapter.text_config(config)
     head_dim, group = adapter.head_dim(config), adapter.group_size(config)
     widths = plan.widths()
     mlp = [w["mlp_channels"] for w in widths]
     kv = [w["kv_groups"] for w in widths]
     heads_removed = any(k != text.num_key_value_heads for k in kv)
-    stock = plan.is_uniform() and (not heads_removed or adapter.stock_config_honours_head_dim)
-    for name in (LAYER_INTERMEDIATE_SIZES, LAYER_NUM_KV_HEADS):
+    output_bias = _has_added_output_bias(model, adapter)
+    stock = plan.is_uniform() and not output_bias and (not heads_removed or adapter.stock_config_honours_head_dim)
+    for name in (LAYER_INTERMEDIATE_SIZES, LAYER_NUM_KV_HEADS, OUTPUT_PROJECTION_BIAS):
         if hasattr(text, name):
             delattr(text, name)
     if stock:
@@ -74,6 +88,8 @@ def record_widths(config: PretrainedConfig, adapter: ArchitectureAdapter, plan: 
         text.head_dim = head_dim
         setattr(text, LAYER_INTERMEDIATE_SIZES, mlp)
         setattr(text, LAYER_NUM_KV_HEADS, kv)
+        if output_bias:
+            setattr(text, OUTPUT_PROJECTION_BIAS, True)
 
 
 def _carry_source_files(source_dir: Path | None, staging: Path) -> list[str]:
@@ -99,7 +115,7 @@ def save_pruned(
     """Write a sliced model as a checkpoint, atomically: `out_dir` appears complete or not at all."""
     adapter = adapter_for_config(model.config)
     out_dir = Path(out_dir)
-    record_widths(model.config, adapter, plan)
+    record_widths(model, adapter, plan)
     with atomic_directory(out_dir, overwrite=overwrite) as staging:
         carried = _carry_source_files(Path(source_dir) if source_dir else None, staging)
         model.save_pretrained(staging)
@@ -144,8 +160,13 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> PreTraine
 
     with init_empty_weights():
         model = adapter.model_class()(config)
+    output_bias = getattr(adapter.text_config(config), OUTPUT_PROJECTION_BIAS, False)
     for layer, mlp, kv in zip(adapter.decoder_layers(model), *widths):
         adapter.slice_layer(layer, config, torch.arange(mlp), torch.arange(kv))
+        if output_bias:
+            for linear in (adapter.attention_projections(layer)[3], adapter.mlp_projections(layer)[2]):
+                if linear.bias is None:
+                    linear.bias = torch.nn.Parameter(torch.empty(linear.out_features, device="meta"))
     saved = {}
     for shard in _weight_files(path):
         saved.update(load_file(shard))

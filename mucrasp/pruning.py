@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +14,13 @@ from mucrasp.adapters.base import ArchitectureAdapter
 from mucrasp.allocation import AllocationConfig, allocate
 from mucrasp.atomic_io import check_output_dir
 from mucrasp.checkpoint import save_pruned
+from mucrasp.errors import MucraspError
 from mucrasp.model_loading import load_model, read_model_config
 from mucrasp.params import ParameterCounts, count_parameters, unit_costs
+from mucrasp.calibration import CalibrationSource
 from mucrasp.scoring import ScoringContext, ScoringResult, get_method
+from mucrasp.scoring.base import ScoreComponents
+from mucrasp.scoring.scores_file import check_scores_match, load_scores
 from mucrasp.scoring.base import ProgressCallback, _no_progress
 from mucrasp.slicing import slice_model
 from mucrasp.units import KeepPlan
@@ -27,13 +31,14 @@ class PruneConfig:
     model: Path
     out: Path
     ratio: float
-    method: str = "magnitude"
+    method: str | None = None  # None: the scores file's method, else magnitude
     layout: str | None = None  # None: the method's own default
     align: int = 8
     tp: int = 1
     min_mlp_fraction: float = 0.10
     min_kv_groups: int = 1
     calibration: Path | None = None
+    scores: Path | None = None  # a file from `mucrasp-deploy score`: reused instead of scoring again
     overwrite: bool = False
     method_options: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +83,7 @@ def prune_in_memory(
     calibration: Any = None,
     method_options: dict[str, Any] | None = None,
     progress: ProgressCallback = _no_progress,
+    scores: ScoreComponents | None = None,
 ) -> PruneOutcome:
     """Score, allocate and slice `model` in place; usable from Python with no files involved."""
     scoring_method = get_method(method)
@@ -93,8 +99,9 @@ def prune_in_memory(
     before = count_parameters(model, adapter)
     widths_before = adapter.layer_widths(model)
     context = ScoringContext(ratio=ratio, calibration=calibration, options=method_options or {}, progress=progress)
-    result = scoring_method.score(model, adapter, context)
+    result = scoring_method.fuse(scores, context) if scores is not None else scoring_method.score(model, adapter, context)
     plan = allocate(result.values, unit_costs(model, adapter), allocation)
+    scoring_method.before_slicing(model, adapter, plan, result)
     slice_model(model, adapter, plan)
     scoring_method.after_slicing(model, adapter, plan, result)
     return PruneOutcome(plan, result, before, count_parameters(model, adapter), widths_before, chosen_layout)
@@ -132,17 +139,26 @@ def _dir_bytes(path: Path) -> int:
 def prune(config: PruneConfig, progress: ProgressCallback = _no_progress) -> PruneReport:
     """Prune the model at `config.model` and write the pruned checkpoint to `config.out`."""
     AllocationConfig(ratio=config.ratio, layout=config.layout or "global").validate()
-    get_method(config.method)  # fail on a bad name before loading anything
+    scores, stored = load_scores(config.scores) if config.scores is not None else (None, None)
+    if scores is not None and config.method is not None and config.method != scores.method:
+        raise MucraspError(f"{config.scores} holds {scores.method!r} scores, not {config.method!r}")
+    config = replace(config, method=config.method or (scores.method if scores is not None else "magnitude"))
+    method = get_method(config.method)  # fail on a bad name before loading anything
     check_output_dir(Path(config.out), config.overwrite)
     read_model_config(config.model)
+    if method.needs_calibration and scores is None and config.calibration is None:
+        raise MucraspError(f"method {config.method!r} needs calibration data (--calib FILE) or --scores FILE")
     progress("loading model", 0, 1)
     loaded = load_model(config.model)
     progress("loading model", 1, 1)
+    if stored is not None:
+        check_scores_match(config.scores, stored, loaded.adapter.architecture, loaded.adapter.layer_widths(loaded.model))
+    calibration = CalibrationSource(Path(config.calibration), Path(config.model)) if config.calibration else None
     outcome = prune_in_memory(
         loaded.model, loaded.adapter, config.ratio, method=config.method, layout=config.layout,
         align=config.align, tp=config.tp, min_mlp_fraction=config.min_mlp_fraction,
-        min_kv_groups=config.min_kv_groups, calibration=config.calibration,
-        method_options=config.method_options, progress=progress,
+        min_kv_groups=config.min_kv_groups, calibration=calibration,
+        method_options=config.method_options, progress=progress, scores=scores,
     )
     progress("saving checkpoint", 0, 1)
     manifest = build_manifest(config, outcome, loaded.adapter.architecture)

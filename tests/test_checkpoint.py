@@ -135,3 +135,22 @@ def test_failed_overwrite_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_pruned(model, tmp_path / "out", plan, {"method": "second"}, overwrite=True)
     assert read_manifest(tmp_path / "out")["method"] == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_added_output_biases_survive_the_round_trip(tmp_path):
+    """FLAP's compensation gives o_proj/down_proj a bias the stock family lacks; it must reload."""
+    architecture = "Qwen2_5_VLForConditionalGeneration"
+    model = build_tiny_model(architecture)
+    adapter = get_adapter(architecture)
+    plan = KeepPlan([LayerKeep(torch.arange(192), torch.arange(2)) for _ in range(3)])  # uniform widths
+    slice_model(model, adapter, plan)
+    for layer in adapter.decoder_layers(model):
+        for linear in (adapter.attention_projections(layer)[3], adapter.mlp_projections(layer)[2]):
+            linear.bias = torch.nn.Parameter(torch.randn(linear.out_features))
+    save_pruned(model, tmp_path / "p", plan, {"method": "flap"})
+    text_config = json.loads((tmp_path / "p" / "config.json").read_text())["text_config"]
+    assert text_config["output_projection_bias"] is True  # never written as a stock config
+    reloaded = load_pruned(tmp_path / "p")
+    inputs = inputs_for(architecture)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)

@@ -4,7 +4,7 @@ from mucrasp.scoring.base import ScoringContext, ScoringMethod, ScoringResult, n
 from mucrasp.scoring.registry import available_methods, get_method, register_method
 
 # Importing a method module registers it.
-from mucrasp.scoring import magnitude  # noqa: E402,F401
+from mucrasp.scoring import flap, llm_pruner, magnitude, mucrasp_method, random_method, taylor, wanda_sp  # noqa: E402,F401
 
 __all__ = [
     "ScoringContext", "ScoringMethod", "ScoringResult", "available_methods", "get_method",

@@ -38,6 +38,23 @@ class ScoringResult:
     values: UnitScores
     #: Anything the method wants recorded with the scores (per-layer statistics, settings).
     details: dict[str, Any] = field(default_factory=dict)
+    #: In-memory state for `after_slicing` (e.g. FLAP's calibration means); never written out.
+    internals: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreComponents:
+    """What a scoring pass measured, before the ratio-dependent fusion into unit values.
+
+    "Score once, prune many": this is what a scores file holds, and `ScoringMethod.fuse` turns it
+    into values for one ratio without touching calibration data again.
+    """
+
+    method: str
+    unit_scores: dict[str, UnitScores]  # e.g. "a_global", "a_pivot"; "values" for one-part methods
+    layer_stats: dict[str, torch.Tensor] = field(default_factory=dict)  # one value per decoder layer
+    details: dict[str, Any] = field(default_factory=dict)
+    internals: dict[str, Any] = field(default_factory=dict)  # not saved
 
 
 class ScoringMethod:
@@ -48,9 +65,25 @@ class ScoringMethod:
     #: The layout the method's paper uses; the user's --layout overrides it.
     default_layout: str = "global"
     citation: str = ""
+    #: The typed options dataclass (`context.options` fills it), or None for a method without options.
+    config_class: type | None = None
 
     def score(self, model: PreTrainedModel, adapter: ArchitectureAdapter, context: ScoringContext) -> ScoringResult:
-        raise NotImplementedError
+        return self.fuse(self.components(model, adapter, context), context)
+
+    def components(self, model: PreTrainedModel, adapter: ArchitectureAdapter, context: ScoringContext) -> ScoreComponents:
+        """The measured parts; methods that only override `score` store their values as-is."""
+        if type(self).score is ScoringMethod.score:
+            raise NotImplementedError(f"{type(self).__name__} implements neither score nor components")
+        result = self.score(model, adapter, context)
+        return ScoreComponents(self.name, {"values": result.values}, details=result.details, internals=result.internals)
+
+    def fuse(self, components: ScoreComponents, context: ScoringContext) -> ScoringResult:
+        """Unit values for `context.ratio` from the measured parts (the default: stored values)."""
+        return ScoringResult(components.unit_scores["values"], dict(components.details), dict(components.internals))
+
+    def before_slicing(self, model: PreTrainedModel, adapter: ArchitectureAdapter, plan: KeepPlan, result: ScoringResult) -> None:
+        """Read what slicing is about to remove (e.g. the columns FLAP compensates for)."""
 
     def after_slicing(self, model: PreTrainedModel, adapter: ArchitectureAdapter, plan: KeepPlan, result: ScoringResult) -> None:
         """Adjust the sliced model (e.g. FLAP's bias compensation). Most methods need nothing."""

@@ -1,0 +1,1 @@
+"""Quality of a pruned model against its dense original: answer accuracy, CoT KL, perplexity, agreement."""

@@ -1,0 +1,59 @@
+"""Serving memory at a pruning ratio: weights, KV cache, activations and the runtime's reserve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mucrasp.planning.model_shape import ModelShape
+from mucrasp.planning.profiles import DTYPE_BYTES, Profile
+from mucrasp.planning.workload import Workload
+
+# Sampling keeps logits in fp32 whatever the weights' dtype.
+LOGIT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    vision_bytes: float
+    text_bytes: float
+    kv_bytes: float
+    activation_bytes: float
+    reserve_bytes: float
+
+    @property
+    def weights_bytes(self) -> float:
+        return self.vision_bytes + self.text_bytes
+
+    @property
+    def total_bytes(self) -> float:
+        return self.weights_bytes + self.kv_bytes + self.activation_bytes + self.reserve_bytes
+
+
+def kv_bytes_per_token(shape: ModelShape, ratio: float, dtype: str) -> float:
+    """K and V of every layer for one token."""
+    return 2 * shape.head_dim * shape.kv_heads_total(ratio) * DTYPE_BYTES[dtype]
+
+
+def kv_cache_bytes(shape: ModelShape, ratio: float, workload: Workload, dtype: str) -> float:
+    return kv_bytes_per_token(shape, ratio, dtype) * workload.max_model_len * workload.concurrency
+
+
+def activation_bytes(shape: ModelShape, workload: Workload, dtype: str) -> float:
+    """Peak of one forward pass: a few hidden-size buffers, the MLP's gate/up/product and the q/k/v
+    rows for every batched token, plus fp32 logits per sequence. Kept at the unpruned widths: the
+    peak is set by the widest layer, which pruning may leave whole."""
+    tokens = min(workload.max_batched_tokens, workload.max_model_len * workload.concurrency)
+    qkv = (shape.group_size + 2) * max(shape.kv_heads) * shape.head_dim
+    per_token = (4 * shape.hidden_size + 3 * shape.max_intermediate + qkv) * DTYPE_BYTES[dtype]
+    return tokens * per_token + workload.concurrency * shape.vocab_size * LOGIT_BYTES
+
+
+def estimate_memory(shape: ModelShape, ratio: float, workload: Workload, profile: Profile, dtype: str) -> MemoryEstimate:
+    size = DTYPE_BYTES[dtype]
+    return MemoryEstimate(
+        vision_bytes=shape.vision_params * size,
+        text_bytes=shape.text_params(ratio) * size,
+        kv_bytes=kv_cache_bytes(shape, ratio, workload, dtype),
+        activation_bytes=activation_bytes(shape, workload, dtype),
+        reserve_bytes=profile.runtime_reserve_gb * 1e9 * profile.gpu_count,
+    )

@@ -1,0 +1,43 @@
+"""Memory and predicted decode throughput against ratio, with the profile's limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mucrasp.planning.planner import Plan
+
+
+def plot_plan(plan: Plan, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    ratios = [r.ratio for r in plan.rows]
+    fig, (mem, speed) = plt.subplots(1, 2, figsize=(11, 4))
+    mem.stackplot(
+        ratios, [r.weights_gb for r in plan.rows], [r.kv_gb for r in plan.rows],
+        [r.activation_gb + r.reserve_gb for r in plan.rows], labels=["weights", "KV cache", "activations + runtime"], alpha=0.7,
+    )
+    mem.axhline(plan.rows[0].budget_gb, color="red", linestyle="--", label=f"{plan.profile} budget")
+    mem.set(xlabel="pruning ratio", ylabel="GB", title="Serving memory")
+    mem.legend(fontsize=8)
+    speed.plot(ratios, [r.decode_tokens_per_s for r in plan.rows], marker="o", label="predicted decode")
+    target = plan.workload["target_tokens_per_s"]
+    if target:
+        speed.axhline(target, color="red", linestyle="--", label="target")
+    speed.set(xlabel="pruning ratio", ylabel="tokens/s (aggregate)", title="Decode throughput")
+    speed.legend(fontsize=8)
+    for axis in (mem, speed):
+        if plan.ratio is not None:
+            axis.axvline(plan.ratio, color="green", linestyle=":")
+    fig.suptitle(f"{Path(plan.model).name} on {plan.profile}, {plan.dtype}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Render to a sibling, then rename: the PNG appears whole or not at all.
+    partial = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(partial, dpi=100)
+    plt.close(fig)
+    partial.replace(path)
+    return path

@@ -1,0 +1,37 @@
+"""What the server must sustain: context, sequences in flight, decode target, dtype."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mucrasp.errors import MucraspError
+from mucrasp.planning.profiles import DTYPE_BYTES, Profile
+
+
+class Workload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_model_len: int = Field(4096, ge=1)  # context per sequence, prompt + output
+    concurrency: int = Field(1, ge=1)  # sequences in flight
+    target_tokens_per_s: float = Field(0.0, ge=0)  # aggregate decode; 0: no target
+    dtype: str | None = None  # None: the profile's best 16-bit dtype
+    # Tokens in one forward pass (vLLM's max_num_batched_tokens), which sizes the activations.
+    max_batched_tokens: int = Field(8192, ge=1)
+
+    @classmethod
+    def create(cls, **fields) -> "Workload":
+        """Validate user-given fields into one MucraspError naming the field."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise MucraspError(f"workload field '{field}': {err['msg']}") from None
+
+    def dtype_for(self, profile: Profile) -> str:
+        dtype = self.dtype or profile.default_dtype()
+        if dtype not in DTYPE_BYTES:
+            raise MucraspError(f"workload field 'dtype': unknown dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})")
+        if dtype not in profile.dtypes:
+            raise MucraspError(f"profile {profile.name} does not support dtype {dtype} (supports: {', '.join(profile.dtypes)})")
+        return dtype

@@ -1,0 +1,119 @@
+"""MuCRASP: Multimodal Chain-of-thought Reasoning aware Structured Pruning.
+
+Dutta & Aditya, "MuCRASP: Multimodal Chain-of-thought Reasoning aware Structured Pruning",
+arXiv 2605.25842. No public code; this follows the formulas in DESIGN.md.
+
+Scoring measures, in one gradient pass over the calibration set:
+- A_global: unit Taylor attribution of the loss over all response tokens;
+- A_pivot: the same with the loss restricted to tokens inside pivot windows;
+- CMDS and Sens per layer (see `modality`).
+Fusion happens per ratio (γ_dyn depends on S), so a scores file serves every ratio:
+`v(u) = [(1−γ_dyn)·Ā_global(u) + γ_dyn·Ā_pivot(u)]·P(L_u)`, `γ_dyn = γ_base·(1−S)^ρ`, with Ā the
+score divided by its mean per unit type (the paper's normalisation is unknown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from mucrasp.calibration.batches import resolve_batches, summarize
+from mucrasp.calibration.pivots import DEFAULT_MARKERS, PivotConfig
+from mucrasp.scoring.base import ScoreComponents, ScoringContext, ScoringMethod, ScoringResult, normalize_per_unit_type
+from mucrasp.scoring.modality import ModalityStatistics, ProtectionConfig, protection, record_hidden_states
+from mucrasp.scoring.options import method_config
+from mucrasp.scoring.registry import register_method
+from mucrasp.scoring.taylor_hooks import taylor_scores
+from mucrasp.units import ATTN, MLP, UnitScores
+
+
+@dataclass(frozen=True)
+class MucraspConfig:
+    # Fusion (applied at prune time)
+    gamma_base: float = 0.5
+    rho: float = 1.0
+    # Protection P(L) (applied at prune time)
+    alpha: float = 0.5
+    beta: float = 0.5
+    omega_early: float = 0.1
+    omega_attention: float = 0.1
+    # Calibration (applied at scoring time)
+    window: int = 8
+    markers: tuple[str, ...] = field(default=DEFAULT_MARKERS)
+    fallback_interval: int = 20
+    gradient_checkpointing: bool = False
+
+    def pivots(self) -> PivotConfig:
+        return PivotConfig(markers=tuple(self.markers), window=self.window, fallback_interval=self.fallback_interval)
+
+    def protection(self) -> ProtectionConfig:
+        return ProtectionConfig(self.alpha, self.beta, self.omega_early, self.omega_attention)
+
+
+def is_vision_model(adapter) -> bool:
+    return bool(getattr(adapter, "is_vision_language", False))
+
+
+def gamma_dyn(ratio: float, config: MucraspConfig) -> float:
+    return config.gamma_base * (1.0 - ratio) ** config.rho
+
+
+@register_method
+class MucraspMethod(ScoringMethod):
+    name = "mucrasp"
+    needs_calibration = True
+    citation = "Dutta & Aditya, MuCRASP, arXiv 2605.25842"
+    config_class = MucraspConfig
+
+    def components(self, model, adapter, context: ScoringContext) -> ScoreComponents:
+        config = method_config(MucraspConfig, context.options, self.name)
+        batches = resolve_batches(context.calibration, model.config, config.pivots(), is_vision_model(adapter), self.name)
+        text_config = adapter.text_config(model.config)
+        stats = ModalityStatistics(len(adapter.decoder_layers(model)), text_config.hidden_size)
+
+        with record_hidden_states(model, adapter, stats):
+            scores, memory = taylor_scores(
+                model, adapter, batches, {"a_global": lambda b: b.response_mask, "a_pivot": lambda b: b.pivot_mask},
+                checkpointing=config.gradient_checkpointing, progress=context.progress, before_forward=stats.start_sample,
+            )
+        summary = summarize(batches)
+        details = {
+            "calibration": summary.as_dict(),
+            "scoring_options": {k: v for k, v in asdict(config).items() if k in ("window", "fallback_interval", "gradient_checkpointing")}
+            | {"markers": list(config.markers)},
+            "memory": memory,
+        }
+        return ScoreComponents(
+            self.name, scores, layer_stats={"cmds": stats.cmds(), "sens": stats.sens()}, details=details,
+        )
+
+    def fuse(self, components: ScoreComponents, context: ScoringContext) -> ScoringResult:
+        config = method_config(MucraspConfig, context.options, self.name)
+        gamma = gamma_dyn(context.ratio, config)
+        a_global = normalize_per_unit_type(components.unit_scores["a_global"])
+        a_pivot = normalize_per_unit_type(components.unit_scores["a_pivot"])
+        fused = UnitScores(
+            [(1 - gamma) * g + gamma * p for g, p in zip(a_global.mlp, a_pivot.mlp)],
+            [(1 - gamma) * g + gamma * p for g, p in zip(a_global.attn, a_pivot.attn)],
+        )
+        cmds, sens = components.layer_stats["cmds"], components.layer_stats["sens"]
+        prot = protection(sens, cmds, config.protection())
+        values = UnitScores(
+            [v * float(prot[MLP][i]) for i, v in enumerate(fused.mlp)],
+            [v * float(prot[ATTN][i]) for i, v in enumerate(fused.attn)],
+        )
+        details = dict(components.details) | {
+            "gamma_dyn": gamma,
+            "fusion": {"gamma_base": config.gamma_base, "rho": config.rho},
+            "protection_config": asdict(config.protection()),
+            "per_layer": {
+                "cmds": _rounded(cmds), "sens": _rounded(sens),
+                "protection_mlp": _rounded(prot[MLP]), "protection_attn": _rounded(prot[ATTN]),
+            },
+        }
+        return ScoringResult(values, details)
+
+
+def _rounded(values: torch.Tensor) -> list[float]:
+    return [round(float(v), 6) for v in values]

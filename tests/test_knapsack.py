@@ -1,0 +1,61 @@
+import torch
+
+from mucrasp.allocation import AllocationConfig, allocate
+from mucrasp.params import UnitCosts
+from mucrasp.units import UnitScores
+
+MLP_COST, ATTN_COST = 3, 50
+
+
+def scores(n_layers=4, mlp=64, groups=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return UnitScores(
+        [torch.rand(mlp, generator=g, dtype=torch.float64) * (i + 1) for i in range(n_layers)],
+        [torch.rand(groups, generator=g, dtype=torch.float64) for _ in range(n_layers)],
+    )
+
+
+def costs(n_layers=4):
+    return UnitCosts([MLP_COST] * n_layers, [ATTN_COST] * n_layers)
+
+
+def kept_params(plan):
+    return sum(len(l.mlp_channels) * MLP_COST + len(l.attn_groups) * ATTN_COST for l in plan.layers)
+
+
+def test_budget_met_within_one_block():
+    values, total = scores(), 4 * (64 * MLP_COST + 4 * ATTN_COST)
+    for ratio in (0.2, 0.4, 0.6):
+        config = AllocationConfig(ratio=ratio, align=8, tp=1)
+        kept = kept_params(allocate(values, costs(), config))
+        budget = (1 - ratio) * total
+        assert kept <= budget
+        assert budget - kept < max(8 * MLP_COST, ATTN_COST)
+
+
+def test_minimum_keep_respected():
+    values = scores()
+    values.mlp[0] *= 0  # a worthless layer still keeps its minimum
+    values.attn[0] *= 0
+    plan = allocate(values, costs(), AllocationConfig(ratio=0.6, align=8, min_mlp_fraction=0.1, min_kv_groups=1))
+    assert len(plan.layers[0].mlp_channels) >= 7 and len(plan.layers[0].attn_groups) >= 1
+    assert all(len(l.mlp_channels) >= 7 and len(l.attn_groups) >= 1 for l in plan.layers)
+
+
+def test_alignment_and_tp_divisibility():
+    plan = allocate(scores(), costs(), AllocationConfig(ratio=0.45, align=8, tp=2, min_kv_groups=2))
+    for layer in plan.layers:
+        assert len(layer.mlp_channels) % 8 == 0
+        assert len(layer.attn_groups) % 2 == 0 and len(layer.attn_groups) >= 2
+
+
+def test_global_layout_is_non_uniform_and_prefers_valuable_layers():
+    plan = allocate(scores(), costs(), AllocationConfig(ratio=0.4))
+    widths = [len(l.mlp_channels) for l in plan.layers]
+    assert not plan.is_uniform() and widths[-1] >= widths[0]
+
+
+def test_uniform_layout_gives_equal_widths():
+    plan = allocate(scores(), costs(), AllocationConfig(ratio=0.4, layout="uniform"))
+    assert plan.is_uniform()
+    assert kept_params(plan) <= 0.6 * 4 * (64 * MLP_COST + 4 * ATTN_COST)

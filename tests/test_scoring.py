@@ -1,0 +1,126 @@
+"""MuCRASP scoring: the hook-based Taylor pass, modality statistics, fusion, and the scores file."""
+
+import copy
+
+import pytest
+import torch
+
+from calib_helpers import save_processor, write_calibration
+from mucrasp.adapters import adapter_for_config
+from mucrasp.calibration import CalibrationSource, PivotConfig
+from mucrasp.pruning import prune_in_memory
+from mucrasp.scoring import ScoringContext, get_method
+from mucrasp.scoring.modality import ModalityStatistics, protection, ProtectionConfig, record_hidden_states
+from mucrasp.scoring.mucrasp_method import gamma_dyn, MucraspConfig
+from mucrasp.scoring.scores_file import load_scores, save_scores
+from mucrasp.scoring.taylor_hooks import response_token_losses, taylor_scores
+from mucrasp.tiny_models import build_tiny_model
+
+VL = "Qwen2_5_VLForConditionalGeneration"
+
+
+@pytest.fixture(scope="module")
+def vl_setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vl")
+    save_processor(folder)
+    model = build_tiny_model(VL)
+    batches = CalibrationSource(write_calibration(folder / "cal"), folder).batches(model.config, PivotConfig(), vision=True)
+    return model, adapter_for_config(model.config), batches, folder
+
+
+def full_grad_scores(model, adapter, batches, select):
+    """Reference: plain backward into full .grad tensors, then |Σ w·g| per unit."""
+    head_dim, group = adapter.head_dim(model.config), adapter.group_size(model.config)
+    mlp_total = [0] * len(adapter.decoder_layers(model))
+    attn_total = [0] * len(mlp_total)
+    for batch in batches:
+        model.zero_grad(set_to_none=True)
+        logits = model(**batch.inputs, use_cache=False).logits
+        response_token_losses(logits, batch.input_ids)[select(batch)].mean().backward()
+        for i, layer in enumerate(adapter.decoder_layers(model)):
+            gate, up, down = adapter.mlp_projections(layer)
+            wg = lambda lin: (lin.weight.double() * lin.weight.grad.double())  # noqa: E731
+            mlp = wg(gate).sum(1) + wg(up).sum(1) + wg(down).sum(0)
+            q, k, v, o = adapter.attention_projections(layer)
+            bias = lambda lin: (lin.bias.double() * lin.bias.grad.double()) if lin.bias is not None else 0  # noqa: E731
+            q_rows = wg(q).sum(1) + bias(q) + wg(o).sum(0)
+            kv_rows = wg(k).sum(1) + bias(k) + wg(v).sum(1) + bias(v)
+            attn = q_rows.reshape(-1, group * head_dim).sum(1) + kv_rows.reshape(-1, head_dim).sum(1)
+            mlp_total[i] = mlp_total[i] + mlp.abs()
+            attn_total[i] = attn_total[i] + attn.abs()
+    model.zero_grad(set_to_none=True)
+    return mlp_total, attn_total
+
+
+def test_hook_taylor_equals_full_grad(vl_setup):
+    model, adapter, batches, _ = vl_setup
+    hooked, memory = taylor_scores(model, adapter, batches, {"a_global": lambda b: b.response_mask, "a_pivot": lambda b: b.pivot_mask})
+    assert "peak_rss_mib" in memory
+    assert all(p.grad is None for p in model.parameters())
+    for key, select in (("a_global", lambda b: b.response_mask), ("a_pivot", lambda b: b.pivot_mask)):
+        mlp, attn = full_grad_scores(model, adapter, batches, select)
+        for got, want in zip(hooked[key].mlp + hooked[key].attn, mlp + attn):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
+
+
+def test_hooks_never_leave_gradients_and_restore_requires_grad(vl_setup):
+    model, adapter, batches, _ = vl_setup
+    seen = []
+    layer = adapter.decoder_layers(model)[0]
+    handle = layer.mlp.down_proj.weight.register_post_accumulate_grad_hook(lambda p: seen.append(p.grad is not None))
+    try:
+        taylor_scores(model, adapter, batches[:1], {"g": lambda b: b.response_mask})
+    finally:
+        handle.remove()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_scores(vl_setup):
+    model, adapter, batches, _ = vl_setup
+    plain, _ = taylor_scores(model, adapter, batches[:1], {"g": lambda b: b.response_mask})
+    ckpt, _ = taylor_scores(model, adapter, batches[:1], {"g": lambda b: b.response_mask}, checkpointing=True)
+    for a, b in zip(plain["g"].mlp + plain["g"].attn, ckpt["g"].mlp + ckpt["g"].attn):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+    assert not model.training
+
+
+def modality_stats(model, adapter, batches):
+    stats = ModalityStatistics(len(adapter.decoder_layers(model)), adapter.text_config(model.config).hidden_size)
+    with torch.no_grad(), record_hidden_states(model, adapter, stats):
+        for batch in batches:
+            stats.start_sample(batch)
+            model(**batch.inputs)
+    return stats
+
+
+def test_cmds_zero_for_text_only_and_positive_with_images(vl_setup, tmp_path):
+    model, adapter, batches, folder = vl_setup
+    with_images = modality_stats(model, adapter, batches)
+    assert bool((with_images.cmds() > 0).all()) and bool((with_images.sens() > 0).all())
+    text_only = CalibrationSource(write_calibration(tmp_path, with_images=False), folder).batches(model.config, PivotConfig(), vision=True)
+    stats = modality_stats(model, adapter, text_only)
+    assert bool((stats.cmds() == 0).all()) and bool((stats.sens() > 0).all())
+
+
+def test_protection_and_gamma():
+    prot = protection(torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3), ProtectionConfig(alpha=1, beta=1, omega_early=0.2, omega_attention=0.1))
+    torch.testing.assert_close(prot["mlp"], torch.tensor([1.2, 1.6, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(prot["attn"], prot["mlp"] + 0.1)
+    assert gamma_dyn(0.3, MucraspConfig()) == pytest.approx(0.35)
+    assert gamma_dyn(0.5, MucraspConfig(gamma_base=0.4, rho=2)) == pytest.approx(0.1)
+
+
+def test_scores_file_round_trip_gives_the_same_keep_masks(vl_setup, tmp_path):
+    model, adapter, batches, _ = vl_setup
+    method = get_method("mucrasp")
+    components = method.components(model, adapter, ScoringContext(ratio=0.0, calibration=batches))
+    assert components.details["calibration"]["pivot_fraction"] > 0
+    path = save_scores(tmp_path / "s.safetensors", components, adapter.architecture, adapter.layer_widths(model))
+    loaded, stored = load_scores(path)
+    assert stored["layer_widths"] == adapter.layer_widths(model)
+    for ratio in (0.2, 0.4):
+        fresh = prune_in_memory(copy.deepcopy(model), adapter, ratio, method="mucrasp", calibration=batches, align=8)
+        reused = prune_in_memory(copy.deepcopy(model), adapter, ratio, method="mucrasp", scores=loaded, align=8)
+        assert fresh.plan.to_json() == reused.plan.to_json()
+        assert abs(fresh.ratio_achieved - ratio) < 0.1
