@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= build/demo
 
-.PHONY: setup test demo clean
+DATA_DIR ?= build/data/demo
+
+.PHONY: setup test demo demo-data demo-model bench-quality clean
 
 setup: $(STAMP)
 
@@ -27,10 +29,24 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q
 
-# Until the trained demo VLM is bundled, the demo prunes a small Qwen2.5-VL built from a config.
-demo: setup
-	$(PY) -m mucrasp.tiny_models --arch Qwen2_5_VLForConditionalGeneration --out $(DEMO_DIR)/base
-	$(VENV)/bin/mucrasp-deploy prune $(DEMO_DIR)/base --ratio 0.3 --method magnitude --out $(DEMO_DIR)/pruned --overwrite
+# The main job on the bundled demo VLM: plan for a Jetson Orin Nano, score with MuCRASP on the
+# calibration split, prune 30%, then check the pruned model against the dense one on 100 test items.
+demo: setup demo-data
+	$(VENV)/bin/mucrasp-deploy --profile jetson-orin-nano-8g --ratio 0.3 \
+		--calib $(DATA_DIR)/calibration/calibration.jsonl --out $(DEMO_DIR)/deploy --overwrite
+	$(VENV)/bin/mucrasp-deploy eval $(DEMO_DIR)/deploy/model --dense models/demo-vlm \
+		--data $(DATA_DIR)/test/test.jsonl --limit 100 --ground-truth --max-new-tokens 64 --json $(DEMO_DIR)/eval.json
+
+demo-data: setup
+	@test -f $(DATA_DIR)/calibration/calibration.jsonl || $(PY) -m mucrasp.demo.dataset calibration --out $(DATA_DIR)/calibration
+	@test -f $(DATA_DIR)/test/test.jsonl || $(PY) -m mucrasp.demo.dataset test --out $(DATA_DIR)/test
+
+# Reproduces the committed models/demo-vlm (trained from scratch on CPU; see its training.json).
+demo-model: setup
+	$(PY) -m mucrasp.demo.train --out models/demo-vlm
+
+bench-quality: setup
+	$(PY) bench/quality.py
 
 clean:
 	rm -rf $(VENV) build

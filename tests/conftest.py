@@ -20,6 +20,19 @@ ARCHITECTURES = [
 VL_ARCHITECTURES = [a for a in ARCHITECTURES if "VL" in a]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory):
+    """Score caches and demo data go to a per-run folder, never to the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("mucrasp-cache")
+    previous = os.environ.get("MUCRASP_CACHE_DIR")
+    os.environ["MUCRASP_CACHE_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("MUCRASP_CACHE_DIR", None)
+    else:
+        os.environ["MUCRASP_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory):
     """One saved tiny model folder per architecture, written once per test session."""

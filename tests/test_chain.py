@@ -22,7 +22,7 @@ def _read(path):
     return json.loads(path.read_text())
 
 
-def test_chain_with_no_model_builds_the_demo_and_skips_pruning(tmp_path):
+def test_chain_with_no_model_uses_the_demo_and_skips_pruning(tmp_path):
     out = tmp_path / "deploy"
     report = run_chain(DeployConfig(profile="a10g", out=out, workload=SMALL))
     assert report.plan.ratio == 0
@@ -30,9 +30,9 @@ def test_chain_with_no_model_builds_the_demo_and_skips_pruning(tmp_path):
     assert _read(out / "plan.json")["ratio"] == 0
     assert _read(out / "pruning.json")["ratio"] == 0
     saved = _read(out / "report.json")
-    assert saved["remaining"] == ["score", "export", "smoke"] and saved["complete"] is False
+    assert saved["remaining"] == ["export", "smoke"] and saved["complete"] is False
     assert {s["step"]: s["status"] for s in saved["steps"]}["prune"] == "skipped"
-    assert not (out / ".work").exists()
+    assert saved["model"] == "demo"
     with pytest.raises(MucraspError, match="already exists"):
         run_chain(DeployConfig(profile="a10g", out=out, workload=SMALL))
 
@@ -54,14 +54,29 @@ def test_chain_prunes_when_the_profile_is_tight(tmp_path, tiny_model_dirs):
     report = run_chain(DeployConfig(profile=_tight_profile(tmp_path), model=model, out=out, workload=SMALL))
     assert 0 < report.plan.ratio <= 0.3
     manifest = _read(out / "pruning.json")
+    # The tiny model has no calibration file, so the chain says it fell back to magnitude.
     assert manifest["ratio"] == report.plan.ratio and manifest["method"] == "magnitude"
+    assert {s["step"]: s["status"] for s in report.steps}["score"] == "fallback"
     assert (out / "model" / "pruning.json").is_file()
     assert _read(out / "report.json")["ratio"] == report.plan.ratio
+
+
+def test_chain_scores_the_demo_once_and_reuses_the_scores(tmp_path):
+    first = run_chain(DeployConfig(profile="a10g", out=tmp_path / "d1", workload=SMALL, ratio=0.3, cache_dir=tmp_path / "cache"))
+    steps = {s["step"]: s for s in first.steps}
+    assert steps["score"]["status"] == "done" and steps["prune"]["status"] == "done"
+    assert _read(tmp_path / "d1" / "pruning.json")["method"] == "mucrasp"
+    assert _read(tmp_path / "d1" / "report.json")["ratio"] == 0.3
+    second = run_chain(DeployConfig(profile="l4", out=tmp_path / "d2", workload=SMALL, ratio=0.5, cache_dir=tmp_path / "cache"))
+    assert {s["step"]: s["status"] for s in second.steps}["score"] == "cached"
+    assert _read(tmp_path / "d2" / "pruning.json")["ratio_achieved"] >= 0.5
 
 
 def test_chain_errors(tmp_path):
     with pytest.raises(MucraspError, match="unknown target"):
         run_chain(DeployConfig(profile="a10g", target="tflite", out=tmp_path / "x"))
+    with pytest.raises(MucraspError, match="ratio must be within"):
+        run_chain(DeployConfig(profile="a10g", out=tmp_path / "x", ratio=0.95))
     with pytest.raises(MucraspError, match="short by"):
         run_chain(DeployConfig(profile="a10g", out=tmp_path / "x", workload=Workload(max_model_len=10**7, concurrency=64)))
     assert not (tmp_path / "x").exists()
@@ -76,5 +91,5 @@ def test_root_callback(tmp_path):
     assert result.exit_code == 0 and not (tmp_path / "no").exists()
     result = runner.invoke(app, ["--profile", "a10g", "--out", str(tmp_path / "d"), "--max-model-len", "256"])
     assert result.exit_code == 0, result.output
-    assert "still to come: score, export, smoke" in result.output
+    assert "still to come: export, smoke" in result.output
     assert (tmp_path / "d" / "report.json").is_file()

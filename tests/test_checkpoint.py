@@ -154,3 +154,18 @@ def test_added_output_biases_survive_the_round_trip(tmp_path):
     inputs = inputs_for(architecture)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=0, rtol=0)
+
+
+def test_an_exported_per_layer_checkpoint_still_loads(tmp_path):
+    """`export vllm` renames per-layer architectures (Mucrasp...) for the plugin; loading still works."""
+    model = build_tiny_model("LlamaForCausalLM")
+    plan = random_plan(3, 384, 2)
+    slice_model(model, get_adapter("LlamaForCausalLM"), plan)
+    save_pruned(model, tmp_path / "p", plan, {"method": "test"})
+    config_path = tmp_path / "p" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["architectures"] = ["MucraspLlamaForCausalLM"]
+    config_path.write_text(json.dumps(config))
+    reloaded = load_pruned(tmp_path / "p")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**TEXT_INPUT).logits, model(**TEXT_INPUT).logits, atol=0, rtol=0)

@@ -23,9 +23,14 @@ def supported_architectures() -> list[str]:
     return sorted(_ADAPTERS)
 
 
+# `export vllm` renames per-layer checkpoints (e.g. MucraspQwen2_5_VLForConditionalGeneration) so that
+# vLLM picks our plugin; for everything else they are still the stock family.
+EXPORTED_ARCHITECTURE_PREFIX = "Mucrasp"
+
+
 def get_adapter(architecture: str) -> ArchitectureAdapter:
     try:
-        return _ADAPTERS[architecture]
+        return _ADAPTERS[architecture.removeprefix(EXPORTED_ARCHITECTURE_PREFIX)]
     except KeyError:
         raise MucraspError(
             f"unsupported architecture {architecture!r}; supported: {', '.join(supported_architectures())}"

@@ -28,6 +28,9 @@ def root(
     concurrency: int = typer.Option(1, help="Sequences in flight."),
     target_tokens_per_s: float = typer.Option(0.0, help="Aggregate decode tokens/s to meet; 0: none."),
     dtype: str = typer.Option(None, help="fp32, fp16 or bf16; default: the profile's best 16-bit dtype."),
+    method: str = typer.Option("mucrasp", help="Scoring method for the prune step."),
+    calib: Path = typer.Option(None, help="Calibration JSONL; default for the demo model: its calibration split."),
+    ratio: float = typer.Option(None, help="Prune at this ratio instead of the planner's choice."),
 ) -> None:
     """Prune, export and smoke-test models for deployment.
 
@@ -46,7 +49,8 @@ def root(
     workload = Workload.create(
         max_model_len=max_model_len, concurrency=concurrency, target_tokens_per_s=target_tokens_per_s, dtype=dtype
     )
-    config = DeployConfig(profile=profile, model=model, target=target, out=out, overwrite=overwrite, workload=workload)
+    config = DeployConfig(profile=profile, model=model, target=target, out=out, overwrite=overwrite, workload=workload,
+                          method=method, calibration=calib, ratio=ratio)
     with rich_progress() as progress:
         report = run_chain(config, progress=progress)
     for step in report.steps:

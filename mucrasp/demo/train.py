@@ -73,7 +73,10 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig()) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             losses.append(loss.item())
-            bar.update(task, advance=1, description=f"training demo VLM (loss {sum(losses[-20:]) / len(losses[-20:]):.3f})")
+            recent = sum(losses[-20:]) / len(losses[-20:])
+            bar.update(task, advance=1, description=f"training demo VLM (loss {recent:.3f})")
+            if not bar.console.is_terminal and (step + 1) % 100 == 0:  # a log file still shows progress
+                print(f"step {step + 1}/{config.steps} loss {recent:.4f} {time.perf_counter() - started:.0f}s", flush=True)
     train_seconds = time.perf_counter() - started
 
     model.eval()

@@ -1,4 +1,4 @@
-"""Batched Qwen-VL inputs from (image, prompt, response) triples: for training and for generation.
+"""Batched Qwen-VL training inputs from (image, prompt, response) triples.
 
 Prompt and response are tokenised separately, exactly as at generation time, where the model sees
 the chat-formatted prompt and produces the response tokens one by one.
@@ -11,23 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-
-def _prompt_text(processor: Any, prompt: str, has_image: bool) -> str:
-    content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": prompt}]
-    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
-
-
-def prompt_inputs(processor: Any, images: list[Image.Image | None], prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Left-padded prompts, ready for `generate`."""
-    tokenizer = processor.tokenizer
-    texts = [_prompt_text(processor, p, im is not None) for im, p in zip(images, prompts)]
-    present = [im for im in images if im is not None]
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        return dict(processor(text=texts, images=present or None, padding=True, return_tensors="pt"))
-    finally:
-        tokenizer.padding_side = previous_side
+from mucrasp.evaluation.generation import chat_prompt
 
 
 def training_inputs(processor: Any, images: list[Image.Image | None], prompts: list[str], responses: list[str]) -> dict[str, torch.Tensor]:
@@ -37,7 +21,7 @@ def training_inputs(processor: Any, images: list[Image.Image | None], prompts: l
     rows, labels, types = [], [], []
     pixel_values, grids = [], []
     for image, prompt, response in zip(images, prompts, responses):
-        encoded = processor(text=[_prompt_text(processor, prompt, image is not None)], images=[image] if image else None, return_tensors="pt")
+        encoded = processor(text=[chat_prompt(processor, prompt, image is not None)], images=[image] if image else None, return_tensors="pt")
         prompt_ids = encoded["input_ids"][0].tolist()
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [end]
         rows.append(prompt_ids + response_ids)

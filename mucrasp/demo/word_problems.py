@@ -32,11 +32,18 @@ TEMPLATES = [
 
 
 def word_problems(seed: int = 0, n: int = N_PROMPTS) -> list[str]:
+    """`n` distinct prompts, cycling through the templates; repeats are redrawn, so no prompt can be
+    in both the calibration and the test part."""
     rng = random.Random(seed)
-    prompts = []
-    for k in range(n):
-        template = TEMPLATES[k % len(TEMPLATES)]
-        prompts.append(template(rng, rng.choice(NAMES), rng.choice(ITEMS)) + SUFFIX)
+    prompts: list[str] = []
+    seen: set[str] = set()
+    k = 0
+    while len(prompts) < n:
+        prompt = TEMPLATES[k % len(TEMPLATES)](rng, rng.choice(NAMES), rng.choice(ITEMS)) + SUFFIX
+        k += 1
+        if prompt not in seen:
+            seen.add(prompt)
+            prompts.append(prompt)
     return prompts
 
 

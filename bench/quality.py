@@ -1,0 +1,164 @@
+"""Quality benchmark: every scoring method at ratios 0.3 and 0.5, on the demo VLM and on SmolLM2.
+
+    .venv/bin/python bench/quality.py                 # both models, full test splits
+    .venv/bin/python bench/quality.py --models demo --demo-items 200
+
+Same calibration set, same ratio definition and same slicing for every method. Each method scores
+once per model and is fused/allocated at each ratio ("score once, prune many"). Metrics come from
+`mucrasp.evaluation` against the dense model's own greedy traces on the test split (never used for
+calibration or tuning). Writes bench/results/quality.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import mucrasp  # noqa: F401  (CPU-torch workarounds first)
+import torch
+
+from mucrasp.atomic_io import write_json_atomic, write_text_atomic
+from mucrasp.calibration.batches import CalibrationSource, load_processor
+from mucrasp.calibration.records import load_records
+from mucrasp.demo.bundled import bundled_demo_model, ensure_demo_data
+from mucrasp.evaluation.evaluate import EvalConfig, compare, dense_reference
+from mucrasp.model_loading import load_model
+from mucrasp.models.smollm2 import ensure_smollm2_checkpoint
+from mucrasp.pruning import prune_in_memory
+from mucrasp.scoring import ScoringContext, available_methods, get_method
+
+RESULTS = Path(__file__).parent / "results"
+METHOD_ORDER = ["mucrasp", "taylor", "llm-pruner", "wanda-sp", "flap", "magnitude", "random"]
+
+
+def model_setups(names: list[str], args) -> list[dict]:
+    setups = []
+    if "demo" in names:
+        data = ensure_demo_data(Path("build/data/demo"))
+        setups.append(dict(name="demo-vlm", model=bundled_demo_model(), calibration=data["calibration"],
+                           test=data["test"], limit=args.demo_items, ground_truth=True, max_new_tokens=64))
+    if "smollm" in names:
+        model = ensure_smollm2_checkpoint()
+        traces = Path("build/data/smollm")
+        if not (traces / "test.jsonl").is_file():
+            from mucrasp.demo.text_traces import write_text_traces
+
+            write_text_traces(model, traces)
+        setups.append(dict(name="smollm2-135m", model=model, calibration=traces / "calibration.jsonl",
+                           test=traces / "test.jsonl", limit=args.smollm_items, ground_truth=False, max_new_tokens=96))
+    return setups
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_model(setup: dict, methods: list[str], ratios: list[float]) -> list[dict]:
+    loaded = load_model(setup["model"])
+    dense, adapter = loaded.model, loaded.adapter
+    vision = adapter.is_vision_language
+    processor = load_processor(setup["model"], vision)
+    config = EvalConfig(pruned=setup["model"], dense=setup["model"], data=setup["test"], limit=setup["limit"],
+                        ground_truth=setup["ground_truth"], max_new_tokens=setup["max_new_tokens"])
+    started = time.perf_counter()
+    reference = dense_reference(dense, processor, load_records(setup["test"], setup["limit"]), vision, config)
+    log(f"{setup['name']}: dense traces for {len(reference.records)} test items in {time.perf_counter() - started:.0f}s")
+    dense_row = {"model": setup["name"], "method": "dense", "ratio": 0.0,
+                 **compare(dense, dense, processor, reference, vision, config)}
+    rows = [dense_row]
+    calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]))
+    for method in methods:
+        started = time.perf_counter()
+        scoring = get_method(method)
+        components = scoring.components(dense, adapter, ScoringContext(ratio=ratios[0], calibration=calibration))
+        score_seconds = time.perf_counter() - started
+        for ratio in ratios:
+            pruned = copy.deepcopy(dense)
+            outcome = prune_in_memory(pruned, adapter, ratio, method=method, calibration=calibration, scores=components)
+            metrics = compare(dense, pruned, processor, reference, vision, config)
+            rows.append({"model": setup["name"], "method": method, "ratio": ratio, "layout": outcome.layout,
+                         "ratio_achieved": round(outcome.ratio_achieved, 4), "score_seconds": round(score_seconds, 1),
+                         **metrics})
+            log(f"{setup['name']} {method} {ratio}: " + ", ".join(
+                f"{k}={rows[-1][k]:.4f}" for k in ("accuracy", "agreement", "cot_kl", "pivot_kl") if k in rows[-1]))
+            del pruned
+    return rows
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| model | method | ratio | accuracy | agreement | CoT KL | pivot KL | perplexity |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "–"
+        lines.append(f"| {r['model']} | {r['method']} | {r['ratio']:.1f} | {acc} | {r['agreement']:.3f} | "
+                     f"{r['cot_kl']:.4f} | {r['pivot_kl']:.4f} | {r['perplexity']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
+    for row_axes, model in zip(axes, models):
+        quality_key = "accuracy" if any("accuracy" in r for r in rows if r["model"] == model) else "agreement"
+        dense = next(r for r in rows if r["model"] == model and r["method"] == "dense")
+        for method in METHOD_ORDER:
+            points = sorted((r["ratio"], r) for r in rows if r["model"] == model and r["method"] == method)
+            if not points:
+                continue
+            ratios = [0.0] + [p[0] for p in points]
+            style = dict(marker="o", linewidth=2.5 if method == "mucrasp" else 1.2, label=method)
+            row_axes[0].plot(ratios, [dense[quality_key]] + [p[1][quality_key] for p in points], **style)
+            row_axes[1].plot(ratios, [0.0] + [p[1]["cot_kl"] for p in points], **style)
+        row_axes[0].set(title=f"{model}: {quality_key} (greedy CoT)", xlabel="pruning ratio", ylabel=quality_key)
+        row_axes[1].set(title=f"{model}: KL(dense || pruned) per CoT token", xlabel="pruning ratio", ylabel="nats", yscale="log")
+        row_axes[0].legend(fontsize=8)
+        for ax in row_axes:
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="demo,smollm")
+    parser.add_argument("--methods", default=",".join(METHOD_ORDER))
+    parser.add_argument("--ratios", default="0.3,0.5")
+    parser.add_argument("--demo-items", type=int, default=500)
+    parser.add_argument("--smollm-items", type=int, default=None, help="default: the whole test part (192)")
+    parser.add_argument("--out", default=str(RESULTS / "quality"))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(available_methods()))
+    if unknown:
+        parser.error(f"unknown methods: {unknown}")
+    ratios = [float(r) for r in args.ratios.split(",")]
+    started = time.perf_counter()
+    rows = []
+    for setup in model_setups(args.models.split(","), args):
+        rows.extend(run_model(setup, methods, ratios))
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{' '.join(sys.argv)}`)."
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out.with_suffix(".json"), {"header": header, "rows": rows})
+    write_text_atomic(out.with_suffix(".md"), markdown(rows, header))
+    plot(rows, out.with_suffix(".png"))
+    print(markdown(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""vLLM models for MuCRASP checkpoints with per-layer widths, built from vLLM's own classes.
+
+Stock vLLM sizes every decoder layer from one global `intermediate_size` and head count. A
+per-layer checkpoint records `layer_intermediate_sizes` and `layer_num_key_value_heads` (and
+`head_dim`) in its text config. These subclasses override only what sizes a layer:
+
+- `MucraspLlamaDecoderLayer`: vLLM's `LlamaDecoderLayer`, built from a shallow copy of the text
+  config holding this layer's widths. A Qwen2 decoder layer is a Llama layer with q/k/v biases and
+  no o_proj bias (and, unlike vLLM's `Qwen2Attention`, Llama's attention honours `head_dim`).
+- `MucraspLlamaForCausalLM` / `MucraspQwen2ForCausalLM`: vLLM's `LlamaForCausalLM` with that layer.
+- The Qwen-VL classes: vLLM's own VL models, whose language model is built as the per-layer
+  `MucraspQwen2ForCausalLM` instead of `Qwen2ForCausalLM`. Weights load through the parents'
+  `load_weights`.
+
+Registered lazily by `mucrasp.export.vllm_plugin`; import this module only inside vLLM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+from vllm.config import VllmConfig
+from vllm.model_executor.layers.linear import RowParallelLinear
+from vllm.model_executor.models import qwen2_5_vl, qwen2_vl
+from vllm.model_executor.models.llama import LlamaDecoderLayer, LlamaForCausalLM
+from vllm.model_executor.models.utils import extract_layer_index
+from vllm.multimodal import MULTIMODAL_REGISTRY
+
+LAYER_INTERMEDIATE_SIZES = "layer_intermediate_sizes"  # as in mucrasp.checkpoint (not imported: keep this light)
+LAYER_NUM_KV_HEADS = "layer_num_key_value_heads"
+OUTPUT_PROJECTION_BIAS = "output_projection_bias"  # o_proj/down_proj biases added by FLAP's compensation
+
+
+def layer_config(text_config, index: int, qkv_bias: bool | None):
+    """A shallow copy of `text_config` that sizes decoder layer `index` as the checkpoint records it."""
+    config = copy.copy(text_config)
+    group = text_config.num_attention_heads // text_config.num_key_value_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    kv_heads = getattr(text_config, LAYER_NUM_KV_HEADS, None)
+    mlp = getattr(text_config, LAYER_INTERMEDIATE_SIZES, None)
+    if kv_heads is not None:
+        config.num_key_value_heads = kv_heads[index]
+        config.num_attention_heads = kv_heads[index] * group
+    if mlp is not None:
+        config.intermediate_size = mlp[index]
+    config.head_dim = head_dim
+    # LlamaDecoderLayer gives o_proj a bias when `attention_bias` is set, and q/k/v one when `qkv_bias` is.
+    stock_bias = bool(getattr(text_config, "attention_bias", False))
+    config.qkv_bias = stock_bias if qkv_bias is None else qkv_bias
+    config.attention_bias = (stock_bias and qkv_bias is None) or bool(getattr(text_config, OUTPUT_PROJECTION_BIAS, False))
+    return config
+
+
+class MucraspLlamaDecoderLayer(LlamaDecoderLayer):
+    qkv_bias: bool | None = None  # None: keep the config's own attention_bias (Llama)
+
+    def __init__(self, vllm_config: VllmConfig, prefix: str = "", config=None, **kwargs):
+        config = config or vllm_config.model_config.hf_config
+        config = layer_config(config, extract_layer_index(prefix), self.qkv_bias)
+        super().__init__(vllm_config, prefix=prefix, config=config, **kwargs)
+        if getattr(config, OUTPUT_PROJECTION_BIAS, False) and not getattr(config, "mlp_bias", False):
+            # down_proj alone gained a bias (gate/up have none): rebuild just that projection with one
+            self.mlp.down_proj = RowParallelLinear(
+                input_size=config.intermediate_size, output_size=config.hidden_size, bias=True,
+                quant_config=self.get_quant_config(vllm_config), prefix=f"{prefix}.mlp.down_proj",
+            )
+
+
+class MucraspQwen2DecoderLayer(MucraspLlamaDecoderLayer):
+    qkv_bias = True
+
+
+class MucraspLlamaForCausalLM(LlamaForCausalLM):
+    decoder_layer = MucraspLlamaDecoderLayer
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "", **kwargs):
+        text_config = vllm_config.model_config.hf_config.get_text_config()
+        vllm_config = vllm_config.with_hf_config(text_config, architectures=[type(self).__name__])
+        super().__init__(vllm_config=vllm_config, prefix=prefix, layer_type=self.decoder_layer)
+
+
+class MucraspQwen2ForCausalLM(MucraspLlamaForCausalLM):
+    decoder_layer = MucraspQwen2DecoderLayer
+
+
+@contextlib.contextmanager
+def _language_model_as(module, architecture: str):
+    """Make a vLLM VL model's `__init__` build its language model as `architecture`."""
+    original = module.init_vllm_registered_model
+
+    def build(vllm_config, *, prefix="", hf_config=None, architectures=None):
+        return original(vllm_config, prefix=prefix, hf_config=hf_config, architectures=[architecture])
+
+    module.init_vllm_registered_model = build
+    try:
+        yield
+    finally:
+        module.init_vllm_registered_model = original
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    qwen2_5_vl.Qwen2_5_VLMultiModalProcessor,
+    info=qwen2_5_vl.Qwen2_5_VLProcessingInfo,
+    dummy_inputs=qwen2_5_vl.Qwen2_5_VLDummyInputsBuilder,
+)
+class MucraspQwen2_5_VLForConditionalGeneration(qwen2_5_vl.Qwen2_5_VLForConditionalGeneration):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        with _language_model_as(qwen2_5_vl, "MucraspQwen2ForCausalLM"):
+            super().__init__(vllm_config=vllm_config, prefix=prefix)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    qwen2_vl.Qwen2VLMultiModalProcessor,
+    info=qwen2_vl.Qwen2VLProcessingInfo,
+    dummy_inputs=qwen2_vl.Qwen2VLDummyInputsBuilder,
+)
+class MucraspQwen2VLForConditionalGeneration(qwen2_vl.Qwen2VLForConditionalGeneration):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        with _language_model_as(qwen2_vl, "MucraspQwen2ForCausalLM"):
+            super().__init__(vllm_config=vllm_config, prefix=prefix)

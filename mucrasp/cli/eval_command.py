@@ -1,0 +1,37 @@
+"""`mucrasp-deploy eval`: a pruned model against its dense original on held-out data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mucrasp.cli.app import app, console
+from mucrasp.cli.progress import rich_progress
+from mucrasp.evaluation.evaluate import EvalConfig, evaluate
+
+
+@app.command("eval")
+def eval_command(
+    pruned: Path = typer.Argument(..., help="Pruned checkpoint folder."),
+    dense: Path = typer.Option(..., "--dense", help="The dense model it was pruned from."),
+    data: Path = typer.Option(..., "--data", help="Held-out records (calibration JSONL format)."),
+    limit: int = typer.Option(None, help="Use only the first N records."),
+    ground_truth: bool = typer.Option(False, help="The data's responses end in true answers: report accuracy."),
+    max_new_tokens: int = typer.Option(96, help="Longest generated chain of thought."),
+    out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Accuracy, CoT KL (all tokens and pivot windows), perplexity and agreement with the dense model."""
+    config = EvalConfig(pruned=pruned, dense=dense, data=data, limit=limit, ground_truth=ground_truth,
+                        max_new_tokens=max_new_tokens, out=out)
+    with rich_progress() as progress:
+        report = evaluate(config, progress)
+    table = Table(title=f"{pruned} against {dense}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("items", "accuracy", "dense_accuracy", "agreement", "cot_kl", "pivot_kl", "perplexity"):
+        if key in report:
+            value = report[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)

@@ -1,0 +1,21 @@
+"""The final answer of a chain of thought, for accuracy and agreement."""
+
+from __future__ import annotations
+
+import re
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def final_answer(response: str) -> str | None:
+    """What follows the last "the answer is", else the last number, else the last line (lower-cased)."""
+    marker = "the answer is "
+    at = response.lower().rfind(marker)
+    if at >= 0:
+        tail = response[at + len(marker):].split(".")[0].strip()
+        return tail.lower() or None
+    numbers = _NUMBER.findall(response)
+    if numbers:
+        return numbers[-1]
+    lines = [line.strip().lower() for line in response.splitlines() if line.strip()]
+    return lines[-1] if lines else None

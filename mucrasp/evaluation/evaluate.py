@@ -1,0 +1,91 @@
+"""`evaluate`: a pruned model against its dense original on held-out records (what `eval` calls).
+
+Steps: the dense model writes greedy traces for the test prompts (or they are read from a traces
+file made earlier); divergence metrics are computed teacher-forced on those traces; the pruned
+model answers greedily, and its answers are compared with the dense ones (agreement) and, for data
+with ground truth such as the demo scenes, with the true answers (accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mucrasp.atomic_io import write_json_atomic
+from mucrasp.calibration.batches import build_batches, load_processor
+from mucrasp.calibration.pivots import PivotConfig
+from mucrasp.calibration.records import CalibrationRecord, load_records
+from mucrasp.evaluation.answers import final_answer
+from mucrasp.evaluation.generation import greedy_responses
+from mucrasp.evaluation.metrics import DivergenceTotals, accumulate_divergence
+from mucrasp.model_loading import load_model
+from mucrasp.scoring.base import ProgressCallback, _no_progress
+
+
+@dataclass
+class EvalConfig:
+    pruned: Path
+    dense: Path
+    data: Path  # calibration-format JSONL of held-out prompts (its responses: ground truth, if any)
+    limit: int | None = None
+    ground_truth: bool = False  # the data's responses end in true answers (the demo scenes do)
+    max_new_tokens: int = 96
+    batch_size: int = 16
+    out: Path | None = None  # write the report as JSON here
+    pivot: PivotConfig = field(default_factory=PivotConfig)
+
+
+@dataclass
+class DenseReference:
+    """The dense model's greedy traces for a set of prompts: computed once, reused per pruned model."""
+
+    records: list[CalibrationRecord]  # prompts with the dense traces as responses
+    truths: list[str | None]  # the data's own final answers (ground truth where it has it)
+
+
+def dense_reference(dense, processor, data_records: list[CalibrationRecord], vision: bool, config: EvalConfig,
+                    progress: ProgressCallback = _no_progress) -> DenseReference:
+    traces = greedy_responses(dense, processor, data_records, vision, config.max_new_tokens, config.batch_size, progress)
+    records = [
+        CalibrationRecord(r.image, r.prompt, trace if trace else " ", f"{r.where} (dense trace)")
+        for r, trace in zip(data_records, traces)
+    ]
+    return DenseReference(records, [final_answer(r.response) for r in data_records])
+
+
+def compare(dense, pruned, processor, reference: DenseReference, vision: bool, config: EvalConfig,
+            progress: ProgressCallback = _no_progress) -> dict[str, Any]:
+    batches = build_batches(reference.records, processor, dense.config, config.pivot, vision)
+    totals = DivergenceTotals()
+    for i, batch in enumerate(batches):
+        accumulate_divergence(dense, pruned, batch, totals)
+        progress("CoT divergence", i + 1, len(batches))
+    answers = [final_answer(r) for r in greedy_responses(
+        pruned, processor, reference.records, vision, config.max_new_tokens, config.batch_size, progress)]
+    dense_answers = [final_answer(r.response) for r in reference.records]
+    metrics: dict[str, Any] = {"items": len(batches), **totals.as_metrics()}
+    metrics["agreement"] = sum(a == d for a, d in zip(answers, dense_answers)) / len(answers)
+    if config.ground_truth:
+        metrics["accuracy"] = sum(a == t for a, t in zip(answers, reference.truths)) / len(answers)
+        metrics["dense_accuracy"] = sum(d == t for d, t in zip(dense_answers, reference.truths)) / len(answers)
+    return metrics
+
+
+def evaluate(config: EvalConfig, progress: ProgressCallback = _no_progress) -> dict[str, Any]:
+    data_records = load_records(config.data, config.limit)
+    dense = load_model(config.dense)
+    pruned = load_model(config.pruned)
+    vision = dense.adapter.is_vision_language
+    processor = load_processor(config.dense, vision)
+    reference = dense_reference(dense.model, processor, data_records, vision, config, progress)
+    report = {"pruned": str(config.pruned), "dense": str(config.dense), "data": str(config.data),
+              **compare(dense.model, pruned.model, processor, reference, vision, config, progress)}
+    manifest = Path(config.pruned) / "pruning.json"
+    if manifest.is_file():
+        pruning = json.loads(manifest.read_text())
+        report.update(method=pruning.get("method"), ratio=pruning.get("ratio"))
+    if config.out is not None:
+        write_json_atomic(config.out, report)
+    return report

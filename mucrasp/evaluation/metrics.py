@@ -1,0 +1,50 @@
+"""Teacher-forced divergence of a pruned model from its dense original, on the dense model's CoT.
+
+For every response token t of a dense trace, the dense and the pruned model each predict t from the
+same prefix. Reported: mean KL(dense || pruned) over all response tokens and over the tokens in
+pivot windows, and the perplexity of the dense trace under the pruned model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mucrasp.calibration.batches import CalibrationBatch
+
+
+@dataclass
+class DivergenceTotals:
+    kl_sum: float = 0.0
+    tokens: int = 0
+    pivot_kl_sum: float = 0.0
+    pivot_tokens: int = 0
+    nll_sum: float = 0.0
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "cot_kl": self.kl_sum / max(self.tokens, 1),
+            "pivot_kl": self.pivot_kl_sum / max(self.pivot_tokens, 1),
+            "perplexity": math.exp(self.nll_sum / max(self.tokens, 1)),
+            "cot_tokens": self.tokens,
+            "pivot_tokens": self.pivot_tokens,
+        }
+
+
+@torch.no_grad()
+def accumulate_divergence(dense, pruned, batch: CalibrationBatch, totals: DivergenceTotals) -> None:
+    # Position t-1 predicts token t, so shift the masks left by one against the logits.
+    targets = batch.response_mask[1:]
+    pivots = batch.pivot_mask[1:]
+    dense_logp = F.log_softmax(dense(**batch.inputs).logits[0, :-1].double(), dim=-1)[targets]
+    pruned_logp = F.log_softmax(pruned(**batch.inputs).logits[0, :-1].double(), dim=-1)[targets]
+    kl = (dense_logp.exp() * (dense_logp - pruned_logp)).sum(-1)
+    token_ids = batch.input_ids[0, 1:][targets]
+    totals.kl_sum += float(kl.sum())
+    totals.tokens += int(targets.sum())
+    totals.pivot_kl_sum += float(kl[pivots[targets]].sum())
+    totals.pivot_tokens += int(pivots.sum())
+    totals.nll_sum += float(-pruned_logp.gather(1, token_ids[:, None]).sum())

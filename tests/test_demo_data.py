@@ -1,0 +1,61 @@
+"""The synthetic visual-reasoning generator: deterministic, self-checking, and in calibration format."""
+
+import dataclasses
+import json
+
+import pytest
+
+from mucrasp.calibration.records import load_records
+from mucrasp.demo.dataset import split_seeds, write_split
+from mucrasp.demo.scenes import TASKS, check_answer, extract_answer, make_scene
+from mucrasp.demo.word_problems import split_prompts, word_problems
+
+
+def test_same_seed_gives_byte_identical_records_and_images(tmp_path):
+    first = write_split("calibration", tmp_path / "a", n=12)
+    second = write_split("calibration", tmp_path / "b", n=12)
+    assert first.read_bytes() == second.read_bytes()
+    images_a = sorted((tmp_path / "a" / "images").iterdir())
+    images_b = sorted((tmp_path / "b" / "images").iterdir())
+    assert [p.name for p in images_a] == [p.name for p in images_b] and len(images_a) == 12
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(images_a, images_b))
+
+
+def test_different_seeds_give_different_scenes():
+    assert make_scene(1).image.tobytes() != make_scene(2).image.tobytes()
+
+
+def test_every_task_appears_and_checks_its_own_answer():
+    seen = set()
+    for seed in range(600):
+        scene = make_scene(seed)  # make_scene re-derives the answer from the scene's facts
+        seen.add(scene.task)
+        assert extract_answer(scene.response) == scene.answer
+        assert "Step 1:" in scene.response and "Therefore the answer is" in scene.response
+    assert seen == set(TASKS)
+
+
+def test_a_wrong_answer_is_caught():
+    scene = make_scene(5)
+    wrong = dataclasses.replace(scene, answer="banana", response=scene.response.rsplit("is", 1)[0] + "is banana.")
+    with pytest.raises(AssertionError, match="scene says"):
+        check_answer(wrong)
+
+
+def test_splits_never_share_a_seed():
+    ranges = [set(split_seeds("calibration")), set(split_seeds("test")), set(split_seeds("train", 1_000_000))]
+    assert len(ranges[1]) >= 500 and len(ranges[0]) == 128
+    assert not (ranges[0] & ranges[1]) and not (ranges[0] & ranges[2]) and not (ranges[1] & ranges[2])
+
+
+def test_written_split_loads_as_calibration_data(tmp_path):
+    path = write_split("test", tmp_path / "test", n=5)
+    records = load_records(path)
+    assert len(records) == 5 and all(r.image.is_file() for r in records)
+    assert set(json.loads(path.read_text().splitlines()[0])) == {"image", "prompt", "response"}
+
+
+def test_word_problems_are_deterministic_and_split():
+    assert word_problems() == word_problems()
+    assert len(word_problems()) >= 300
+    assert len(split_prompts("calibration")) == 128 and not set(split_prompts("calibration")) & set(split_prompts("test"))

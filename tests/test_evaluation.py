@@ -1,0 +1,52 @@
+"""Evaluation metrics: exactly zero divergence for an unpruned model, positive once pruned."""
+
+import pytest
+
+from mucrasp.evaluation.answers import final_answer
+from mucrasp.evaluation.evaluate import EvalConfig, evaluate
+from mucrasp.pruning import PruneConfig, prune
+from mucrasp.tiny_models import save_tiny_model
+
+from calib_helpers import save_processor, write_calibration
+
+
+@pytest.fixture(scope="module")
+def tiny_vl(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    dense = save_tiny_model("Qwen2_5_VLForConditionalGeneration", root / "dense")
+    save_processor(dense, vision=True)
+    data = write_calibration(root / "data", with_images=True, n=4)
+    pruned = prune(PruneConfig(model=dense, out=root / "pruned", ratio=0.4, method="magnitude")).out
+    return dense, pruned, data
+
+
+def test_unpruned_model_has_zero_divergence_and_full_agreement(tiny_vl, tmp_path):
+    dense, _, data = tiny_vl
+    report = evaluate(EvalConfig(pruned=dense, dense=dense, data=data, max_new_tokens=12, out=tmp_path / "r.json"))
+    assert report["cot_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert report["pivot_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert report["agreement"] == 1.0
+    assert report["cot_tokens"] > 0 and report["items"] == 4
+    assert (tmp_path / "r.json").is_file()
+
+
+def test_pruned_model_has_positive_divergence(tiny_vl):
+    dense, pruned, data = tiny_vl
+    report = evaluate(EvalConfig(pruned=pruned, dense=dense, data=data, max_new_tokens=12))
+    assert report["cot_kl"] > 1e-4
+    assert report["perplexity"] > 1.0
+    assert report["method"] == "magnitude" and report["ratio"] == 0.4
+
+
+@pytest.mark.parametrize(
+    "response, answer",
+    [
+        ("Step 1: ... Therefore the answer is 3.", "3"),
+        ("Step 2: 4 is more. Therefore the answer is Squares.", "squares"),
+        ("So 3 + 4 = 7 apples in total", "7"),
+        ("Yes, it is an animal", "yes, it is an animal"),
+        ("", None),
+    ],
+)
+def test_final_answer(response, answer):
+    assert final_answer(response) == answer
