@@ -34,6 +34,16 @@ from mucrasp.scoring import ScoringContext, available_methods, get_method
 
 RESULTS = Path(__file__).parent / "results"
 METHOD_ORDER = ["mucrasp", "taylor", "llm-pruner", "wanda-sp", "flap", "magnitude", "random"]
+# MuCRASP with one ingredient changed, to see what each contributes (--ablations).
+ABLATIONS = {
+    "mucrasp[no-pivot]": {"gamma_base": 0.0},
+    "mucrasp[pivot-only]": {"gamma_base": 1.0, "rho": 0.0},
+    "mucrasp[no-protection]": {"alpha": 0.0, "beta": 0.0, "omega_early": 0.0, "omega_attention": 0.0},
+    "mucrasp[W=4]": {"window": 4},
+    "mucrasp[W=16]": {"window": 16},
+}
+# Options read while scoring; the others only change fusion and can reuse one scoring pass.
+SCORING_TIME_OPTIONS = {"window", "markers", "fallback_interval", "gradient_checkpointing"}
 
 
 def model_setups(names: list[str], args) -> list[dict]:
@@ -50,7 +60,7 @@ def model_setups(names: list[str], args) -> list[dict]:
 
             write_text_traces(model, traces)
         setups.append(dict(name="smollm2-135m", model=model, calibration=traces / "calibration.jsonl",
-                           test=traces / "test.jsonl", limit=args.smollm_items, ground_truth=False, max_new_tokens=96))
+                           test=traces / "test.jsonl", limit=args.smollm_items or None, ground_truth=False, max_new_tokens=96))
     return setups
 
 
@@ -58,7 +68,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_model(setup: dict, methods: list[str], ratios: list[float]) -> list[dict]:
+def variants(methods: list[str], ablations: bool) -> list[tuple[str, str, dict]]:
+    """(label, method, options) for every row family of the table."""
+    rows = [(m, m, {}) for m in methods]
+    if ablations:
+        rows += [(label, "mucrasp", options) for label, options in ABLATIONS.items()]
+    return rows
+
+
+def run_model(setup: dict, methods: list[tuple[str, str, dict]], ratios: list[float]) -> list[dict]:
     loaded = load_model(setup["model"])
     dense, adapter = loaded.model, loaded.adapter
     vision = adapter.is_vision_language
@@ -72,19 +90,24 @@ def run_model(setup: dict, methods: list[str], ratios: list[float]) -> list[dict
                  **compare(dense, dense, processor, reference, vision, config)}
     rows = [dense_row]
     calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]))
-    for method in methods:
-        started = time.perf_counter()
-        scoring = get_method(method)
-        components = scoring.components(dense, adapter, ScoringContext(ratio=ratios[0], calibration=calibration))
-        score_seconds = time.perf_counter() - started
+    scored: dict[tuple, tuple] = {}
+    for label, method, options in methods:
+        scoring_options = {k: v for k, v in options.items() if k in SCORING_TIME_OPTIONS}
+        key = (method, tuple(sorted(scoring_options.items())))
+        if key not in scored:
+            started = time.perf_counter()
+            context = ScoringContext(ratio=ratios[0], calibration=calibration, options=scoring_options)
+            scored[key] = (get_method(method).components(dense, adapter, context), time.perf_counter() - started)
+        components, score_seconds = scored[key]
         for ratio in ratios:
             pruned = copy.deepcopy(dense)
-            outcome = prune_in_memory(pruned, adapter, ratio, method=method, calibration=calibration, scores=components)
+            outcome = prune_in_memory(pruned, adapter, ratio, method=method, calibration=calibration, scores=components,
+                                      method_options=options)
             metrics = compare(dense, pruned, processor, reference, vision, config)
-            rows.append({"model": setup["name"], "method": method, "ratio": ratio, "layout": outcome.layout,
+            rows.append({"model": setup["name"], "method": label, "ratio": ratio, "layout": outcome.layout,
                          "ratio_achieved": round(outcome.ratio_achieved, 4), "score_seconds": round(score_seconds, 1),
                          **metrics})
-            log(f"{setup['name']} {method} {ratio}: " + ", ".join(
+            log(f"{setup['name']} {label} {ratio}: " + ", ".join(
                 f"{k}={rows[-1][k]:.4f}" for k in ("accuracy", "agreement", "cot_kl", "pivot_kl") if k in rows[-1]))
             del pruned
     return rows
@@ -111,11 +134,11 @@ def plot(rows: list[dict], path: Path) -> None:
     for row_axes, model in zip(axes, models):
         quality_key = "accuracy" if any("accuracy" in r for r in rows if r["model"] == model) else "agreement"
         dense = next(r for r in rows if r["model"] == model and r["method"] == "dense")
-        for method in METHOD_ORDER:
-            points = sorted((r["ratio"], r) for r in rows if r["model"] == model and r["method"] == method)
+        for method in METHOD_ORDER:  # ablation rows stay in the table, out of the plot
+            points = sorted(((r["ratio"], i), r) for i, r in enumerate(rows) if r["model"] == model and r["method"] == method)
             if not points:
                 continue
-            ratios = [0.0] + [p[0] for p in points]
+            ratios = [0.0] + [p[0][0] for p in points]
             style = dict(marker="o", linewidth=2.5 if method == "mucrasp" else 1.2, label=method)
             row_axes[0].plot(ratios, [dense[quality_key]] + [p[1][quality_key] for p in points], **style)
             row_axes[1].plot(ratios, [0.0] + [p[1]["cot_kl"] for p in points], **style)
@@ -136,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHOD_ORDER))
     parser.add_argument("--ratios", default="0.3,0.5")
     parser.add_argument("--demo-items", type=int, default=500)
-    parser.add_argument("--smollm-items", type=int, default=None, help="default: the whole test part (192)")
+    parser.add_argument("--smollm-items", type=int, default=96, help="the first N of the 192 test prompts (0: all)")
+    parser.add_argument("--ablations", action="store_true", help="add MuCRASP ablation rows (fusion, protection, window)")
     parser.add_argument("--out", default=str(RESULTS / "quality"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -148,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows = []
     for setup in model_setups(args.models.split(","), args):
-        rows.extend(run_model(setup, methods, ratios))
+        rows.extend(run_model(setup, variants(methods, args.ablations), ratios))
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{' '.join(sys.argv)}`)."
     out = Path(args.out)

@@ -4,11 +4,16 @@ With no model it uses the bundled demo VLM and its calibration split. Scores are
 (see `mucrasp.scoring.score_cache`), so a second deployment of the same model at another ratio or
 for another profile skips the gradient pass. Steps that do not exist yet are recorded as remaining
 in report.json.
+
+The export goes to `<deploy>/export` and is smoke-tested there (`mucrasp.serve.run_smoke`) on the
+target's own runtime; $MUCRASP_SMOKE_BACKEND (or `DeployConfig.smoke_backend`) picks another, e.g.
+`transformers` for a fast check without a server.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +32,9 @@ from mucrasp.scoring.score_cache import cached_scores_path, default_cache_dir
 from mucrasp.scoring.score_job import ScoreConfig, score_model
 
 TARGETS = ("vllm", "onnx")
-REMAINING = ["export", "smoke"]
+REMAINING: list[str] = []
+SMOKE_BACKEND_ENV = "MUCRASP_SMOKE_BACKEND"
+SPOT_CHECK_RECORDS = 16
 
 
 @dataclass
@@ -44,6 +51,8 @@ class DeployConfig:
     step: float = 0.05
     max_ratio: float = 0.5
     cache_dir: Path | None = None  # scores and demo data; None: $MUCRASP_CACHE_DIR or ~/.cache/mucrasp
+    smoke_backend: str | None = None  # None: $MUCRASP_SMOKE_BACKEND, else the target's runtime
+    smoke_requests: int = 8
 
 
 @dataclass
@@ -52,6 +61,7 @@ class DeployReport:
     plan: Plan
     steps: list[dict[str, str]]
     remaining: list[str]
+    smoke: dict[str, Any] | None = None  # the smoke test's report; None when it could not run
 
 
 def _step(steps: list[dict[str, str]], name: str, status: str, detail: str) -> None:
@@ -90,10 +100,89 @@ def run_chain(config: DeployConfig, progress: ProgressCallback = _no_progress) -
                                        scores=scores, calibration=calibration if scores is None else None), progress=progress)
             shutil.copy2(pruned.out / MANIFEST_NAME, staging / MANIFEST_NAME)
             _step(steps, "prune", "done", f"{method} at ratio {ratio:g}, achieved {pruned.outcome.ratio_achieved:.3f}")
-        for name in REMAINING:
-            _step(steps, name, "not implemented", f"{name} for target {config.target} does not exist yet")
-        write_json_atomic(staging / "report.json", _report(config, model, plan, ratio, steps))
-    return DeployReport(out=out, plan=plan, steps=steps, remaining=list(REMAINING))
+        smoke = _export_and_smoke(config, staging, model, calibration, cache_dir, steps, progress)
+        report = _report(config, model, plan, ratio, steps)
+        report["smoke"] = smoke
+        report["complete"] = bool(smoke and smoke["passed"])
+        write_json_atomic(staging / "report.json", report)
+    return DeployReport(out=out, plan=plan, steps=steps, remaining=list(REMAINING), smoke=smoke)
+
+
+def _export_and_smoke(config: DeployConfig, staging: Path, dense: Path, calibration: Path | None, cache_dir: Path,
+                      steps: list[dict[str, str]], progress) -> dict[str, Any] | None:
+    """Export `<staging>/model` for the target, store a spot-check set with it, and smoke-test it there."""
+    import os
+
+    from mucrasp.serve import SmokeConfig, run_smoke, write_spot_check
+
+    model_dir = staging / "model"
+    if not (model_dir / MANIFEST_NAME).is_file():  # ratio 0: the copied model has no manifest of its own
+        shutil.copy2(staging / MANIFEST_NAME, model_dir / MANIFEST_NAME)
+    progress("export", 0, 1)
+    if config.target == "vllm":
+        from mucrasp.export.vllm_checkpoint import export_vllm
+
+        exported = export_vllm(model_dir, staging / "export")
+        _step(steps, "export", "done", f"vLLM checkpoint ({exported.architecture}) in export/")
+    else:
+        from mucrasp.export.onnx_export import export_onnx
+
+        exported = export_onnx(model_dir, staging / "export")
+        _step(steps, "export", "done", f"ONNX graphs ({', '.join(exported.graphs)}) in export/")
+    progress("export", 1, 1)
+    spot_note = _store_spot_check(config, staging / "export", dense, calibration, cache_dir, write_spot_check)
+    backend = config.smoke_backend or os.environ.get(SMOKE_BACKEND_ENV) or config.target
+    # transformers cannot run ONNX graphs: it checks the checkpoint the graphs were traced from.
+    smoke_dir = model_dir if (backend, config.target) == ("transformers", "onnx") else staging / "export"
+    spot_data = staging / "export" / "spot_check.jsonl"
+    progress("smoke", 0, 1)
+    try:
+        result = run_smoke(SmokeConfig(smoke_dir, backend=backend, requests=config.smoke_requests,
+                                       processor_dir=model_dir, profile=config.profile, report=staging / "smoke.json",
+                                       log_dir=staging, data=spot_data if spot_data.is_file() else None))
+    except MucraspError as exc:
+        _step(steps, "smoke", "failed", f"{backend}: {str(exc).replace(str(staging), str(config_out(staging)))}")
+        return None
+    progress("smoke", 1, 1)
+    # The report was written in the staging folder; name the paths where they will be.
+    data = json.loads(json.dumps(result.data).replace(str(staging.resolve()), str(config_out(staging).resolve())))
+    write_json_atomic(staging / "smoke.json", data)
+    t, m = result.data["throughput"], result.data["memory"]
+    spot = result.data["spot_check"]
+    spot_text = f"spot-check {spot['kind']} {spot['score']:.2f}" if "score" in spot else "no spot-check"
+    summary = f"{backend}: {t['tokens_per_s']:.1f} tokens/s, {m['peak_gb']:.2f} GB {m['kind']}, {spot_text} ({spot_note})"
+    if result.failures:
+        summary += "; FAILED " + "; ".join(result.failures)
+    _step(steps, "smoke", "passed" if result.passed else "failed", summary)
+    return data
+
+
+def config_out(staging: Path) -> Path:
+    """The deployment folder a staging folder becomes (see atomic_directory: `.<name>.partial-XXXX`)."""
+    return staging.parent / staging.name[1:].rsplit(".partial-", 1)[0]
+
+
+def _store_spot_check(config: DeployConfig, export_dir: Path, dense: Path, calibration: Path | None, cache_dir: Path,
+                      write_spot_check) -> str:
+    """The demo: its held-out test split (exact answers). Others: the dense model's answers to calibration prompts."""
+    from mucrasp.calibration.records import load_records
+
+    if config.model is None:
+        from mucrasp.demo.bundled import ensure_demo_data
+
+        test = ensure_demo_data(cache_dir / "demo-data")["test"]
+        write_spot_check(export_dir, load_records(test, SPOT_CHECK_RECORDS), "accuracy", f"demo test split {test}")
+        return "demo test split"
+    if calibration is None:
+        return "no calibration prompts to ask"
+    from mucrasp.serve.spot_check import dense_answers
+
+    try:
+        records = dense_answers(dense, load_records(calibration, SPOT_CHECK_RECORDS))
+    except MucraspError as exc:
+        return f"no spot-check: {exc}"
+    write_spot_check(export_dir, records, "agreement", f"dense answers to calibration prompts of {calibration}")
+    return "agreement with the dense model on calibration prompts (not held out)"
 
 
 def _model_and_calibration(config: DeployConfig, cache_dir: Path, steps: list[dict[str, str]]) -> tuple[Path, Path | None]:

@@ -18,6 +18,12 @@ from mucrasp.tiny_models import tiny_config
 SMALL = Workload(max_model_len=256, concurrency=1)
 
 
+@pytest.fixture(autouse=True)
+def fast_smoke(monkeypatch):
+    """The chain's smoke step on transformers: the vLLM server path has its own tests (test_smoke.py)."""
+    monkeypatch.setenv("MUCRASP_SMOKE_BACKEND", "transformers")
+
+
 def _read(path):
     return json.loads(path.read_text())
 
@@ -30,7 +36,10 @@ def test_chain_with_no_model_uses_the_demo_and_skips_pruning(tmp_path):
     assert _read(out / "plan.json")["ratio"] == 0
     assert _read(out / "pruning.json")["ratio"] == 0
     saved = _read(out / "report.json")
-    assert saved["remaining"] == ["export", "smoke"] and saved["complete"] is False
+    assert saved["remaining"] == [] and saved["complete"] is True
+    assert (out / "export" / "config.json").is_file() and (out / "export" / "spot_check.jsonl").is_file()
+    assert saved["smoke"]["passed"] and saved["smoke"]["throughput"]["tokens_per_s"] > 0
+    assert saved["smoke"]["spot_check"]["kind"] == "accuracy"
     assert {s["step"]: s["status"] for s in saved["steps"]}["prune"] == "skipped"
     assert saved["model"] == "demo"
     with pytest.raises(MucraspError, match="already exists"):
@@ -59,6 +68,10 @@ def test_chain_prunes_when_the_profile_is_tight(tmp_path, tiny_model_dirs):
     assert {s["step"]: s["status"] for s in report.steps}["score"] == "fallback"
     assert (out / "model" / "pruning.json").is_file()
     assert _read(out / "report.json")["ratio"] == report.plan.ratio
+    # Exported for vLLM; the tiny model has no tokenizer, so the smoke step says so instead of serving.
+    assert (out / "export" / "config.json").is_file()
+    smoke = {s["step"]: s for s in report.steps}["smoke"]
+    assert smoke["status"] == "failed" and "no tokenizer" in smoke["detail"] and report.smoke is None
 
 
 def test_chain_scores_the_demo_once_and_reuses_the_scores(tmp_path):
@@ -91,5 +104,5 @@ def test_root_callback(tmp_path):
     assert result.exit_code == 0 and not (tmp_path / "no").exists()
     result = runner.invoke(app, ["--profile", "a10g", "--out", str(tmp_path / "d"), "--max-model-len", "256"])
     assert result.exit_code == 0, result.output
-    assert "still to come: export, smoke" in result.output
+    assert "smoke: passed" in result.output
     assert (tmp_path / "d" / "report.json").is_file()

@@ -9,7 +9,7 @@ from mucrasp.cli.app import app, err_console
 from mucrasp.errors import MucraspError
 
 # Importing a command module registers its command on `app`.
-from mucrasp.cli import eval_command, export_command, plan_command, profile_command, prune_command, score_command  # noqa: E402,F401
+from mucrasp.cli import eval_command, export_command, plan_command, profile_command, prune_command, score_command, smoke_command  # noqa: E402,F401
 
 
 def main() -> None:

@@ -55,4 +55,5 @@ def root(
         report = run_chain(config, progress=progress)
     for step in report.steps:
         console.print(f"[bold]{step['step']}[/]: {step['status']} - {step['detail']}", highlight=False, soft_wrap=True)
-    console.print(f"deployment folder: {report.out}; still to come: {', '.join(report.remaining)}", highlight=False, soft_wrap=True)
+    remaining = f"; still to come: {', '.join(report.remaining)}" if report.remaining else ""
+    console.print(f"deployment folder: {report.out}{remaining}", highlight=False, soft_wrap=True)

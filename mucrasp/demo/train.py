@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from mucrasp.demo.vl_inputs import training_inputs
 
 @dataclass
 class TrainConfig:
-    steps: int = 1500
+    steps: int = 2500
     batch_size: int = 16
     learning_rate: float = 3e-4  # 1e-3 failed to learn to count in the design notes' trial
     warmup_steps: int = 50
@@ -60,7 +61,9 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig()) -> dict:
     train_seeds = iter(split_seeds("train", 1_000_000))
     started = time.perf_counter()
     losses = []
-    with Progress() as bar:
+    interactive = sys.stderr.isatty()
+    # Rich holds redirected output until the bar stops; in a log file, plain lines show progress.
+    with Progress(disable=not interactive, redirect_stdout=False) as bar:
         task = bar.add_task("training demo VLM", total=config.steps)
         for step in range(config.steps):
             scenes = [make_scene(next(train_seeds)) for _ in range(config.batch_size)]
@@ -75,7 +78,7 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig()) -> dict:
             losses.append(loss.item())
             recent = sum(losses[-20:]) / len(losses[-20:])
             bar.update(task, advance=1, description=f"training demo VLM (loss {recent:.3f})")
-            if not bar.console.is_terminal and (step + 1) % 100 == 0:  # a log file still shows progress
+            if not interactive and (step + 1) % 100 == 0:
                 print(f"step {step + 1}/{config.steps} loss {recent:.4f} {time.perf_counter() - started:.0f}s", flush=True)
     train_seconds = time.perf_counter() - started
 
@@ -103,5 +106,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Train the demo VLM on synthetic visual-reasoning scenes.")
     parser.add_argument("--out", default="models/demo-vlm")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--threads", type=int, default=TrainConfig.threads,
+                        help="torch threads; 1 is steadier when other jobs share the cores")
     args = parser.parse_args()
-    print(json.dumps(train(Path(args.out), TrainConfig(steps=args.steps)), indent=2))
+    print(json.dumps(train(Path(args.out), TrainConfig(steps=args.steps, threads=args.threads)), indent=2))

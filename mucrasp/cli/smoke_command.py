@@ -1,0 +1,94 @@
+"""`mucrasp-deploy smoke DIR --backend vllm|onnx|transformers`: serve an export, measure it, pass or fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from mucrasp.cli.app import app, console, err_console
+
+
+def _fmt(value, unit: str = "", digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}g}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+
+def report_table(data: dict) -> Table:
+    t, m, s = data["throughput"], data["memory"], data["spot_check"]
+    table = Table(title=f"smoke test: {data['backend']} on {Path(data['export_dir']).name}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("threshold", justify="right")
+    limits = {c["metric"]: (c["op"], c["limit"], c["passed"]) for c in data["checks"]}
+
+    def row(name: str, metric: str | None, value: str) -> None:
+        op, limit, ok = limits.get(metric, (None, None, None))
+        mark = "" if op is None else f"{'[green]ok[/]' if ok else '[bold red]FAIL[/]'} {op} {limit:g}"
+        table.add_row(name, value, mark)
+
+    row("output tokens/s (aggregate)", "tokens_per_s", _fmt(t["tokens_per_s"], digits=4))
+    row("decode tokens/s per stream", None, _fmt(t["decode_tokens_per_s_per_stream"], digits=4))
+    row("time to first token p50 / p95", None, f"{_fmt(t['ttft_p50_s'], ' s')} / {_fmt(t['ttft_p95_s'], ' s')}")
+    row("latency p50 / p95", None, f"{_fmt(t['latency_p50_s'], ' s')} / {_fmt(t['latency_p95_s'], ' s')}")
+    row("requests (failed)", None, f"{t['requests']} ({t['failed_requests']})")
+    row(m["what"], "peak_memory_gb", _fmt(m["peak_gb"], " GB"))
+    if "score" in s:
+        row(f"spot-check {s['kind']}", "spot_check", f"{s['score']:.3f} ({s['matched']}/{s['records']})")
+    else:
+        row("spot-check", "spot_check", "skipped")
+    if data.get("cot_kl") is not None:
+        row("CoT-token KL vs dense (nats)", None, _fmt(data["cot_kl"], digits=4))
+    return table
+
+
+@app.command("smoke")
+def smoke_command(
+    export_dir: Path = typer.Argument(..., help="An export: `export vllm` folder (vllm, transformers) or `export onnx` folder (onnx)."),
+    backend: str = typer.Option("vllm", help="vllm, onnx or transformers."),
+    offline: bool = typer.Option(False, help="vllm: use vllm.LLM without a server."),
+    requests: int = typer.Option(8, help="Load phase: number of requests."),
+    concurrency: int = typer.Option(4, help="Load phase: requests in flight (vllm)."),
+    max_tokens: int = typer.Option(32, help="Load phase: output tokens per request."),
+    spot_check_limit: int = typer.Option(16, help="Spot-check records to ask (0: all)."),
+    spot_check_max_tokens: int = typer.Option(128, help="Spot-check: longest answer, in tokens."),
+    data: Path = typer.Option(None, help="Spot-check JSONL (image, prompt, response) instead of the export's own."),
+    tokenizer: Path = typer.Option(None, help="Tokenizer/processor folder when the export has none."),
+    dense: Path = typer.Option(None, help="Dense model: adds CoT-token KL (transformers backend)."),
+    min_tokens_per_s: float = typer.Option(None, help="Fail below this aggregate output tokens/s."),
+    max_memory_gb: float = typer.Option(None, help="Fail above this peak memory (GB); default with --profile: its memory × utilisation."),
+    min_spot_check: float = typer.Option(None, help="Fail below this spot-check score (0-1)."),
+    profile: str = typer.Option(None, "--profile", help="Hardware profile: gpu_memory_utilization and the memory limit."),
+    port: int = typer.Option(None, help="vllm: server port on 127.0.0.1; default: a free one."),
+    dtype: str = typer.Option("auto", help="vllm --dtype; auto: float32 on CPU, the model's own on GPU."),
+    max_model_len: int = typer.Option(2048, help="vllm --max-model-len."),
+    kv_cache_gb: float = typer.Option(1.0, help="vllm on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)."),
+    report: Path = typer.Option(None, help="Where report.json goes; default: DIR/report.json."),
+) -> None:
+    """Serve an exported model and measure throughput, latency, peak memory and a reasoning spot-check.
+
+    Exits 1 when a threshold is not met (the failing metric is named), 2 on bad input or a server that
+    cannot start.
+    """
+    from mucrasp.serve import SmokeConfig, Thresholds, run_smoke
+
+    config = SmokeConfig(
+        export_dir=export_dir, backend=backend, offline=offline, requests=requests, concurrency=concurrency,
+        max_tokens=max_tokens, spot_check_limit=spot_check_limit or None, spot_check_max_tokens=spot_check_max_tokens,
+        data=data, processor_dir=tokenizer, dense=dense, profile=profile, port=port, dtype=dtype,
+        max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, report=report,
+        thresholds=Thresholds(min_tokens_per_s, max_memory_gb, min_spot_check),
+    )
+    with console.status(f"smoke test on {backend}: starting, then {requests} requests"):
+        result = run_smoke(config)
+    console.print(report_table(result.data))
+    if "skipped" in result.data["spot_check"]:
+        console.print(f"spot-check skipped: {result.data['spot_check']['skipped']}", highlight=False)
+    console.print(f"report: {result.path}", highlight=False)
+    if not result.passed:
+        for failure in result.failures:
+            err_console.print(f"[bold red]FAIL[/] {failure}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print("[bold green]PASS[/]")

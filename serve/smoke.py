@@ -1,0 +1,154 @@
+"""`run_smoke(SmokeConfig) -> SmokeReport`: does this export serve, how fast, in how much memory, and does
+it still reason. The report is written atomically (report.json), pass or fail; failing checks name
+their metric. Bad input raises MucraspError before anything starts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mucrasp
+from mucrasp.atomic_io import write_json_atomic
+from mucrasp.errors import MucraspError
+
+from mucrasp.serve.backends import BackendRun, model_config, run_backend
+from mucrasp.serve.config import SmokeConfig, Thresholds
+from mucrasp.serve.requests import ChatRequest
+from mucrasp.serve.spot_check import SpotCheckSet, load_spot_check, score_answers
+from mucrasp.serve.stats import summarize
+
+GB = 1e9
+
+
+@dataclass
+class Check:
+    metric: str
+    value: float | None
+    limit: float
+    op: str  # ">=" or "<="
+    passed: bool
+
+    def describe(self) -> str:
+        shown = "missing" if self.value is None else f"{self.value:.4g}"
+        return f"{self.metric} = {shown} (needs {self.op} {self.limit:g})"
+
+
+@dataclass
+class SmokeReport:
+    path: Path
+    data: dict[str, Any]
+    checks: list[Check] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def effective_thresholds(config: SmokeConfig) -> tuple[Thresholds, str | None]:
+    """The CLI's thresholds, with the memory limit taken from the profile where the CLI gave none."""
+    t = config.thresholds
+    if config.profile is None or t.max_memory_gb is not None:
+        return t, None
+    from mucrasp.planning import load_profile
+
+    profile = load_profile(config.profile)
+    limit = profile.memory_gb * profile.gpu_count * profile.gpu_memory_utilization
+    return Thresholds(t.min_tokens_per_s, round(limit, 3), t.min_spot_check), profile.name
+
+
+def _load_image(spot: SpotCheckSet | None, vision: bool) -> Path | None:
+    if not vision:
+        return None
+    if spot is not None:
+        image = next((r.image for r in spot.records if r.image is not None), None)
+        if image is not None:
+            return image
+    # A VL server must be measured with images: their encoding is part of the cost of a request.
+    from PIL import Image
+
+    path = Path(tempfile.mkdtemp(prefix="mucrasp-smoke-")) / "load.png"
+    Image.linear_gradient("L").convert("RGB").resize((224, 224)).save(path)
+    return path
+
+
+def _checks(thresholds: Thresholds, throughput: dict, memory_gb: float, spot_score: float | None) -> list[Check]:
+    checks = []
+    if thresholds.min_tokens_per_s is not None:
+        value = throughput["tokens_per_s"]
+        checks.append(Check("tokens_per_s", value, thresholds.min_tokens_per_s, ">=", value >= thresholds.min_tokens_per_s))
+    if thresholds.max_memory_gb is not None:
+        checks.append(Check("peak_memory_gb", memory_gb, thresholds.max_memory_gb, "<=", memory_gb <= thresholds.max_memory_gb))
+    if thresholds.min_spot_check is not None:
+        ok = spot_score is not None and spot_score >= thresholds.min_spot_check
+        checks.append(Check("spot_check", spot_score, thresholds.min_spot_check, ">=", ok))
+    return checks
+
+
+def run_smoke(config: SmokeConfig) -> SmokeReport:
+    config.validate()
+    export_dir = Path(config.export_dir)
+    onnx = (export_dir / "manifest.json").is_file() and not (export_dir / "config.json").is_file()
+    if config.backend == "onnx" and not onnx:
+        raise MucraspError(f"{export_dir} is not an ONNX export (no manifest.json); export it with `export onnx`")
+    if config.backend != "onnx" and onnx:
+        raise MucraspError(f"{export_dir} is an ONNX export; smoke-test it with --backend onnx")
+    vision = _onnx_vision(export_dir) if onnx else "vision_config" in model_config(export_dir)
+    thresholds, profile_name = effective_thresholds(config)
+    spot = load_spot_check(export_dir, config.data, config.spot_check_limit)
+
+    load_image = _load_image(spot, vision)
+    load = [ChatRequest(config.prompt, load_image, config.max_tokens, ignore_eos=True) for _ in range(config.requests)]
+    spot_requests = [ChatRequest(r.prompt, r.image, config.spot_check_max_tokens) for r in spot.records] if spot else []
+    run: BackendRun = run_backend(config, load, spot_requests, spot.records if spot else None)
+
+    throughput = summarize(run.load)
+    memory_gb = run.peak_memory_bytes / GB
+    spot_result: dict[str, Any] = score_answers(spot, run.spot) if spot else {
+        "skipped": "no spot-check set stored with the export (spot_check.jsonl) and no --data given"}
+    spot_score = spot_result.get("score")
+    checks = _checks(thresholds, throughput, memory_gb, spot_score)
+    failures = [c.describe() for c in checks if not c.passed]
+    if throughput["failed_requests"]:
+        failures.insert(0, f"requests: {throughput['failed_requests']} of {throughput['requests']} failed "
+                           f"({throughput['first_error']})")
+    if throughput["output_tokens"] == 0:
+        failures.insert(0, "tokens_per_s: no output tokens at all")
+
+    data = {
+        "format_version": 1,
+        "tool": f"mucrasp-deploy {mucrasp.__version__}",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": {"name": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
+                 "processor": platform.processor() or None},
+        "export_dir": str(export_dir.resolve()),
+        "backend": config.backend + (" (offline)" if config.offline else ""),
+        "vision": bool(vision),
+        "load": {"requests": config.requests, "concurrency": config.concurrency if config.backend == "vllm" else 1,
+                 "max_tokens": config.max_tokens, "prompt": config.prompt, "image": bool(load_image)},
+        "throughput": throughput,
+        "memory": {"peak_gb": round(memory_gb, 4), "kind": run.memory_kind,
+                   "what": "peak GPU memory" if run.memory_kind == "gpu" else "peak RSS of the serving process tree"},
+        "spot_check": spot_result,
+        "cot_kl": run.cot_kl,
+        "backend_details": run.details,
+        "profile": profile_name,
+        "thresholds": thresholds.__dict__,
+        "checks": [c.__dict__ for c in checks],
+        "passed": not failures,
+        "failures": failures,
+    }
+    write_json_atomic(config.report_path, data)
+    return SmokeReport(path=config.report_path, data=data, checks=checks, failures=failures)
+
+
+def _onnx_vision(export_dir: Path) -> bool:
+    from mucrasp.export.onnx_manifest import read_onnx_manifest
+
+    return "vision" in read_onnx_manifest(export_dir)

@@ -1,0 +1,160 @@
+"""`smoke`: serve an export for real, measure it, pass or fail, and leave no process behind.
+
+One tiny per-layer Qwen2.5-VL (MuCRASP architecture, through the vLLM plugin) is exported once for
+vLLM and once for ONNX, with a spot-check set whose reference answers are the pruned model's own
+greedy answers in transformers: an `agreement` score of 1.0 then means the backend reasons exactly as
+the reference does. vLLM runs as a real `vllm serve` subprocess (CPU build, about a minute to start).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+import export_helpers as h
+from mucrasp.calibration.records import CalibrationRecord
+from mucrasp.cli import app
+from mucrasp.errors import MucraspError
+from mucrasp.serve import SmokeConfig, Thresholds, load_spot_check, run_smoke, write_spot_check
+from mucrasp.serve.spot_check import dense_answers
+
+PROMPTS = ["how many red squares", "describe the image", "what color is the shape"]
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """{"pruned", "vllm", "onnx"}: a pruned checkpoint and its two exports, each with the spot-check set."""
+    from mucrasp.export.onnx_export import export_onnx
+    from mucrasp.export.vllm_checkpoint import export_vllm
+
+    root = tmp_path_factory.mktemp("smoke")
+    h.make_pruned_checkpoint("Qwen2_5_VLForConditionalGeneration", root / "pruned", h.per_layer_plan())
+    images = []
+    for i in range(len(PROMPTS)):
+        h.test_image(i).save(root / f"image{i}.png")
+        images.append(root / f"image{i}.png")
+    records = [CalibrationRecord(image, prompt, "-", f"test:{i}") for i, (image, prompt) in enumerate(zip(images, PROMPTS))]
+    records = dense_answers(root / "pruned", records, max_new_tokens=MAX_TOKENS)
+    served = export_vllm(root / "pruned", root / "served").out
+    onnx = export_onnx(root / "pruned", root / "onnx", image_size=h.IMAGE_SIZE).out
+    for folder in (served, onnx):
+        write_spot_check(folder, records, kind="agreement", source="the pruned model's greedy answers (transformers)")
+    return {"pruned": root / "pruned", "vllm": served, "onnx": onnx}
+
+
+def _config(folder: Path, backend: str, tmp_path: Path, **kwargs) -> SmokeConfig:
+    return SmokeConfig(folder, backend=backend, requests=3, concurrency=2, max_tokens=MAX_TOKENS,
+                       spot_check_max_tokens=MAX_TOKENS, max_model_len=256, report=tmp_path / "report.json", **kwargs)
+
+
+def _assert_measured(report) -> None:
+    data = json.loads(report.path.read_text())
+    assert data == report.data and data["passed"], data["failures"]
+    t = data["throughput"]
+    assert t["tokens_per_s"] > 0 and t["output_tokens"] == 3 * MAX_TOKENS and t["failed_requests"] == 0
+    assert 0 < t["ttft_p50_s"] <= t["ttft_p95_s"] and 0 < t["latency_p50_s"] <= t["latency_p95_s"]
+    assert data["memory"]["peak_gb"] > 0.05 and data["memory"]["kind"] == "rss"
+    # The reference answers are the model's own (greedy, fp32): every backend must reproduce them.
+    assert data["spot_check"]["kind"] == "agreement" and data["spot_check"]["score"] == 1.0
+    assert data["spot_check"]["records"] == len(PROMPTS)
+
+
+def _serving_processes(folder: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if str(folder) in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+# ---- the three backends, end to end ---------------------------------------------------------------
+def test_vllm_server_smoke(exports, tmp_path):
+    report = run_smoke(_config(exports["vllm"], "vllm", tmp_path, thresholds=Thresholds(min_tokens_per_s=0.1, min_spot_check=1.0)))
+    _assert_measured(report)
+    details = report.data["backend_details"]
+    assert details["server_pids"] and details["ready_after_s"] > 0
+    assert not [p for p in details["server_pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not _serving_processes(exports["vllm"])
+    assert not (tmp_path / "vllm-server.log").exists()  # kept only when the server fails
+
+
+def test_onnx_smoke(exports, tmp_path):
+    report = run_smoke(_config(exports["onnx"], "onnx", tmp_path))
+    _assert_measured(report)
+    assert report.data["backend_details"]["providers"] == ["CPUExecutionProvider"]
+
+
+def test_transformers_smoke_with_kl_and_cli_table(exports, tmp_path):
+    result = CliRunner().invoke(app, [
+        "smoke", str(exports["vllm"]), "--backend", "transformers", "--requests", "3", "--max-tokens", str(MAX_TOKENS),
+        "--spot-check-max-tokens", str(MAX_TOKENS), "--dense", str(exports["pruned"]), "--report", str(tmp_path / "report.json"),
+        "--min-spot-check", "0.9",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "output tokens/s" in result.output and "PASS" in result.output
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["throughput"]["tokens_per_s"] > 0 and data["spot_check"]["score"] == 1.0
+    assert data["cot_kl"] == pytest.approx(0.0, abs=1e-9)  # the "dense" model here is the served one
+
+
+# ---- failure paths ------------------------------------------------------------------------------------
+def test_threshold_not_met_exits_1_naming_the_metric(exports, tmp_path):
+    result = CliRunner().invoke(app, [
+        "smoke", str(exports["vllm"]), "--backend", "transformers", "--requests", "1", "--max-tokens", "4",
+        "--spot-check-limit", "1", "--spot-check-max-tokens", "4", "--min-tokens-per-s", "1e9",
+        "--report", str(tmp_path / "report.json"),
+    ])
+    assert result.exit_code == 1
+    assert "FAIL tokens_per_s" in result.output and "needs >= 1e+09" in result.output
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["passed"] is False and data["failures"][0].startswith("tokens_per_s")
+
+
+def test_port_in_use_fails_before_any_engine_starts(exports, tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(MucraspError, match=f"port {port} on 127.0.0.1 is in use"):
+            run_smoke(_config(exports["vllm"], "vllm", tmp_path, port=port))
+    assert not _serving_processes(exports["vllm"])
+
+
+def test_model_that_cannot_load_keeps_the_log_and_leaves_nothing_running(exports, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(exports["vllm"], broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    result = CliRunner().invoke(app, ["smoke", str(broken), "--backend", "vllm", "--max-model-len", "256",
+                                      "--report", str(tmp_path / "out" / "report.json")])
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert "the vLLM server exited with code" in message and "before it was ready" in message
+    assert (tmp_path / "out" / "vllm-server.log").is_file()
+    assert not _serving_processes(broken)
+    with pytest.raises(MucraspError, match="the model failed to load"):
+        run_smoke(_config(broken, "transformers", tmp_path))
+
+
+def test_bad_input(exports, tmp_path):
+    with pytest.raises(MucraspError, match="unknown backend"):
+        run_smoke(_config(exports["vllm"], "tflite", tmp_path))
+    with pytest.raises(MucraspError, match="is an ONNX export"):
+        run_smoke(_config(exports["onnx"], "vllm", tmp_path))
+    with pytest.raises(MucraspError, match="not an ONNX export"):
+        run_smoke(_config(exports["vllm"], "onnx", tmp_path))
+    with pytest.raises(MucraspError, match="does not exist"):
+        run_smoke(_config(tmp_path / "missing", "transformers", tmp_path))
+
+
+def test_spot_check_round_trip_and_its_absence(exports, tmp_path):
+    spot = load_spot_check(exports["vllm"])
+    assert spot.kind == "agreement" and len(spot.records) == len(PROMPTS)
+    assert all(r.image is not None and r.image.is_file() and r.image.parent.name == "spot_check" for r in spot.records)
+    assert load_spot_check(tmp_path) is None
