@@ -94,6 +94,7 @@ def prune_in_memory(
         # A uniform layout is chosen to get a stock checkpoint; families whose stock code derives
         # head_dim from the head count can only get one if every GQA group stays.
         prune_attention=chosen_layout != "uniform" or adapter.stock_config_honours_head_dim,
+        balance_unit_types=scoring_method.balance_unit_types,
     )
     allocation.validate()
     before = count_parameters(model, adapter)

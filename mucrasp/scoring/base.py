@@ -64,6 +64,8 @@ class ScoringMethod:
     needs_calibration: bool = False
     #: The layout the method's paper uses; the user's --layout overrides it.
     default_layout: str = "global"
+    #: Let the allocator equalise the unit types' value per parameter (see mucrasp.allocation).
+    balance_unit_types: bool = True
     citation: str = ""
     #: The typed options dataclass (`context.options` fills it), or None for a method without options.
     config_class: type | None = None

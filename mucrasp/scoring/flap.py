@@ -42,6 +42,7 @@ class FlapMethod(ScoringMethod):
     name = "flap"
     needs_calibration = True
     citation = "An et al., Fluctuation-based Adaptive Structured Pruning for Large Language Models, AAAI 2024"
+    balance_unit_types = False  # its per-type z-scores are already its cross-type normalisation
 
     def score(self, model, adapter, context: ScoringContext) -> ScoringResult:
         batches = baseline_batches(self.name, model, adapter, context.calibration)
