@@ -89,7 +89,7 @@ def run_model(setup: dict, methods: list[tuple[str, str, dict]], ratios: list[fl
     dense_row = {"model": setup["name"], "method": "dense", "ratio": 0.0,
                  **compare(dense, dense, processor, reference, vision, config)}
     rows = [dense_row]
-    calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]))
+    calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]), setup["calib_samples"])
     scored: dict[tuple, tuple] = {}
     for label, method, options in methods:
         scoring_options = {k: v for k, v in options.items() if k in SCORING_TIME_OPTIONS}
@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratios", default="0.3,0.5")
     parser.add_argument("--demo-items", type=int, default=500)
     parser.add_argument("--smollm-items", type=int, default=96, help="the first N of the 192 test prompts (0: all)")
+    parser.add_argument("--calib-samples", type=int, default=None, help="use the first N calibration records (default: all 128)")
     parser.add_argument("--ablations", action="store_true", help="add MuCRASP ablation rows (fusion, protection, window)")
     parser.add_argument("--out", default=str(RESULTS / "quality"))
     args = parser.parse_args(argv)
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows = []
     for setup in model_setups(args.models.split(","), args):
+        setup["calib_samples"] = args.calib_samples
         rows.extend(run_model(setup, variants(methods, args.ablations), ratios))
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{' '.join(sys.argv)}`)."

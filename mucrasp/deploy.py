@@ -192,7 +192,8 @@ def _model_and_calibration(config: DeployConfig, cache_dir: Path, steps: list[di
 
     model = bundled_demo_model()
     calibration = config.calibration or ensure_demo_data(cache_dir / "demo-data")["calibration"]
-    _step(steps, "model", "done", f"no --model: the bundled demo VLM ({model}) with its calibration split")
+    source = f"--calib {config.calibration}" if config.calibration else "its calibration split"
+    _step(steps, "model", "done", f"no --model: the bundled demo VLM ({model}), calibrated on {source}")
     return model, calibration
 
 

@@ -243,6 +243,13 @@ def _gpu_memory_utilization(config: SmokeConfig) -> float | None:
     return load_profile(config.profile).gpu_memory_utilization
 
 
+def _max_model_len(config: SmokeConfig) -> int:
+    """The requested context, capped at what the model was built for (vLLM refuses longer)."""
+    model = model_config(config.export_dir)
+    limit = model.get("text_config", model).get("max_position_embeddings") or model.get("max_position_embeddings")
+    return min(config.max_model_len, int(limit)) if limit else config.max_model_len
+
+
 def run_vllm_server(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None) -> BackendRun:
     from mucrasp.serve.http_load import ServerDied, run_requests
     from mucrasp.serve.vllm_server import VllmServer, failure_reason
@@ -252,7 +259,7 @@ def run_vllm_server(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequ
     # The log goes where the report goes, and stays there only if the server fails.
     log_path = (Path(config.log_dir) if config.log_dir else config.report_path.parent) / "vllm-server.log"
     server = VllmServer(config.export_dir, log_path, config.port, dtype=_vllm_dtype(config, gpu),
-                        max_model_len=config.max_model_len, vision=vision, gpu=gpu,
+                        max_model_len=_max_model_len(config), vision=vision, gpu=gpu,
                         gpu_memory_utilization=_gpu_memory_utilization(config), kv_cache_gb=config.kv_cache_gb,
                         max_num_seqs=max(config.concurrency, 1), startup_timeout_s=config.startup_timeout_s)
     failed = True
@@ -296,7 +303,7 @@ def run_vllm_offline(config: SmokeConfig, load: Sequence[ChatRequest], spot: Seq
         result = Path(tmp) / "result.json"
         log = Path(tmp) / "worker.log"
         request.write_text(json.dumps({
-            "model": str(config.export_dir), "dtype": _vllm_dtype(config, gpu), "max_model_len": config.max_model_len,
+            "model": str(config.export_dir), "dtype": _vllm_dtype(config, gpu), "max_model_len": _max_model_len(config),
             "vision": vision, "gpu": gpu, "gpu_memory_utilization": _gpu_memory_utilization(config),
             "load": [_request_dict(r) for r in load], "spot": [_request_dict(r) for r in spot], "result": str(result),
         }))

@@ -57,3 +57,5 @@ def root(
         console.print(f"[bold]{step['step']}[/]: {step['status']} - {step['detail']}", highlight=False, soft_wrap=True)
     remaining = f"; still to come: {', '.join(report.remaining)}" if report.remaining else ""
     console.print(f"deployment folder: {report.out}{remaining}", highlight=False, soft_wrap=True)
+    if any(step["status"] == "failed" for step in report.steps):
+        raise typer.Exit(1)  # the folder is kept for inspection, but a failed step fails the run
