@@ -229,12 +229,18 @@ def vision_grid(config, folder: Path, image_size: int | None) -> tuple[int, int,
     unit = vc.patch_size * vc.spatial_merge_size
     if image_size is None:
         image_size = 448
-        processor = folder / "preprocessor_config.json"
-        if processor.is_file():
-            raw = json.loads(processor.read_text())
+        # transformers 5 saves the image processor inside processor_config.json; older folders
+        # have preprocessor_config.json.
+        for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+            path = folder / name
+            if not path.is_file():
+                continue
+            raw = json.loads(path.read_text())
+            raw = raw.get(key) or {} if key else raw
             pixels = (raw.get("size") or {}).get("longest_edge") or raw.get("max_pixels")
             if pixels:
                 image_size = int(pixels**0.5)
+                break
     side = max(unit, image_size // unit * unit)
     return (1, side // vc.patch_size, side // vc.patch_size)
 

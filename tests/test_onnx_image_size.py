@@ -1,0 +1,19 @@
+"""The ONNX vision graph's fixed image size comes from the processor the model folder ships."""
+
+import json
+
+from mucrasp.export.onnx_export import vision_grid
+from mucrasp.tiny_models import tiny_config
+
+
+def test_image_size_is_read_from_a_transformers_5_processor_config(tmp_path):
+    config = tiny_config("Qwen2_5_VLForConditionalGeneration")
+    (tmp_path / "processor_config.json").write_text(json.dumps(
+        {"image_processor": {"size": {"longest_edge": 112 * 112, "shortest_edge": 112 * 112}}}))
+    assert vision_grid(config, tmp_path, None) == (1, 8, 8)
+
+
+def test_image_size_falls_back_to_448_and_obeys_an_explicit_size(tmp_path):
+    config = tiny_config("Qwen2_5_VLForConditionalGeneration")
+    assert vision_grid(config, tmp_path, None) == (1, 32, 32)
+    assert vision_grid(config, tmp_path, 56) == (1, 4, 4)
