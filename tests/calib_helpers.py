@@ -91,3 +91,16 @@ def write_calibration(folder: Path, with_images: bool = True, n: int = 3, name: 
     path = folder / name
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def tiny_vl_calibration(folder: Path):
+    """A tiny Qwen2.5-VL with a processor in `folder` and calibration batches with images:
+    (model, adapter, batches)."""
+    from mucrasp.adapters import adapter_for_config
+    from mucrasp.calibration import CalibrationSource, PivotConfig
+    from mucrasp.tiny_models import build_tiny_model
+
+    save_processor(folder)
+    model = build_tiny_model("Qwen2_5_VLForConditionalGeneration")
+    batches = CalibrationSource(write_calibration(folder / "cal"), folder).batches(model.config, PivotConfig(), vision=True)
+    return model, adapter_for_config(model.config), batches

@@ -6,25 +6,18 @@ import copy
 import pytest
 import torch
 
-from calib_helpers import save_processor, write_calibration
-from mucrasp.adapters import adapter_for_config
+from calib_helpers import tiny_vl_calibration
 from mucrasp.adapters.base import _complement, _expand
-from mucrasp.calibration import CalibrationSource, PivotConfig
 from mucrasp.pruning import prune_in_memory
 from mucrasp.scoring import ScoringContext, get_method
 from mucrasp.scoring.input_stats import collect_input_statistics
-from mucrasp.tiny_models import build_tiny_model
 
-VL = "Qwen2_5_VLForConditionalGeneration"
 
 
 @pytest.fixture(scope="module")
 def vl_setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vl")
-    save_processor(folder)
-    model = build_tiny_model(VL)
-    batches = CalibrationSource(write_calibration(folder / "cal"), folder).batches(model.config, PivotConfig(), vision=True)
-    return model, adapter_for_config(model.config), batches
+    return tiny_vl_calibration(folder)
 
 
 @pytest.mark.parametrize("method", ["taylor", "llm-pruner", "wanda-sp", "flap", "random"])

@@ -5,8 +5,7 @@ import copy
 import pytest
 import torch
 
-from calib_helpers import save_processor, write_calibration
-from mucrasp.adapters import adapter_for_config
+from calib_helpers import tiny_vl_calibration, write_calibration
 from mucrasp.calibration import CalibrationSource, PivotConfig
 from mucrasp.pruning import prune_in_memory
 from mucrasp.scoring import ScoringContext, get_method
@@ -14,18 +13,13 @@ from mucrasp.scoring.modality import ModalityStatistics, protection, ProtectionC
 from mucrasp.scoring.mucrasp_method import gamma_dyn, MucraspConfig
 from mucrasp.scoring.scores_file import load_scores, save_scores
 from mucrasp.scoring.taylor_hooks import response_token_losses, taylor_scores
-from mucrasp.tiny_models import build_tiny_model
 
-VL = "Qwen2_5_VLForConditionalGeneration"
 
 
 @pytest.fixture(scope="module")
 def vl_setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vl")
-    save_processor(folder)
-    model = build_tiny_model(VL)
-    batches = CalibrationSource(write_calibration(folder / "cal"), folder).batches(model.config, PivotConfig(), vision=True)
-    return model, adapter_for_config(model.config), batches, folder
+    return (*tiny_vl_calibration(folder), folder)
 
 
 def full_grad_scores(model, adapter, batches, select):

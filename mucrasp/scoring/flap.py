@@ -20,7 +20,7 @@ from mucrasp.errors import MucraspError
 from mucrasp.params import unit_costs
 from mucrasp.scoring.base import ScoringContext, ScoringMethod, ScoringResult
 from mucrasp.scoring.calibration_options import baseline_batches
-from mucrasp.scoring.input_stats import collect_input_statistics, per_group
+from mucrasp.scoring.input_stats import collect_input_statistics, output_projection_scores
 from mucrasp.scoring.registry import register_method
 from mucrasp.units import UnitScores
 
@@ -47,16 +47,12 @@ class FlapMethod(ScoringMethod):
     def score(self, model, adapter, context: ScoringContext) -> ScoringResult:
         batches = baseline_batches(self.name, model, adapter, context.calibration)
         stats = collect_input_statistics(model, adapter, batches, context.progress)
-        channels_per_group = adapter.head_dim(model.config) * adapter.group_size(model.config)
-        mlp, attn = [], []
-        for i, layer in enumerate(adapter.decoder_layers(model)):
-            _, _, down = adapter.mlp_projections(layer)
-            *_, o_proj = adapter.attention_projections(layer)
-            mlp.append(stats.down[i].variance() * down.weight.detach().double().pow(2).sum(0).cpu())
-            channel = stats.o_proj[i].variance() * o_proj.weight.detach().double().pow(2).sum(0).cpu()
-            attn.append(per_group(channel, channels_per_group))
+        # Fluctuation: Var_tokens(X_j) * ||W_{:,j}||^2.
+        fluctuation = output_projection_scores(
+            model, adapter, stats, lambda weight, sums: sums.variance() * weight.pow(2).sum(0).cpu())
         costs = unit_costs(model, adapter)
-        values = UnitScores(_threshold_values(_zscore(mlp), costs.mlp_channel), _threshold_values(_zscore(attn), costs.attn_group))
+        values = UnitScores(_threshold_values(_zscore(fluctuation.mlp), costs.mlp_channel),
+                            _threshold_values(_zscore(fluctuation.attn), costs.attn_group))
         internals = {"down_means": [s.mean() for s in stats.down], "o_proj_means": [s.mean() for s in stats.o_proj]}
         return ScoringResult(values, {"samples": len(batches), "bias_compensation": True}, internals)
 

@@ -7,12 +7,14 @@ collected with forward pre-hooks in one no-grad pass over every token of every s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from transformers import PreTrainedModel
 
 from mucrasp.adapters.base import ArchitectureAdapter
 from mucrasp.calibration.batches import CalibrationBatch
+from mucrasp.units import UnitScores
 
 
 @dataclass
@@ -71,3 +73,20 @@ def collect_input_statistics(
 
 def per_group(per_channel: torch.Tensor, channels_per_group: int) -> torch.Tensor:
     return per_channel.reshape(-1, channels_per_group).sum(1)
+
+
+ColumnScore = Callable[[torch.Tensor, ChannelSums], torch.Tensor]  # (weight, input stats) -> per input column
+
+
+def output_projection_scores(model: PreTrainedModel, adapter: ArchitectureAdapter, stats: InputStatistics,
+                             column_score: ColumnScore) -> UnitScores:
+    """Per-unit scores from the input columns of down_proj (MLP channels) and o_proj (summed per GQA group),
+    the shape shared by the activation-based baselines (Wanda-SP, FLAP)."""
+    channels_per_group = adapter.head_dim(model.config) * adapter.group_size(model.config)
+    mlp, attn = [], []
+    for i, layer in enumerate(adapter.decoder_layers(model)):
+        _, _, down = adapter.mlp_projections(layer)
+        *_, o_proj = adapter.attention_projections(layer)
+        mlp.append(column_score(down.weight.detach().double(), stats.down[i]).cpu())
+        attn.append(per_group(column_score(o_proj.weight.detach().double(), stats.o_proj[i]).cpu(), channels_per_group))
+    return UnitScores(mlp, attn)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from mucrasp.scoring.base import ScoringContext, ScoringMethod, ScoringResult, normalize_per_unit_type
 from mucrasp.scoring.calibration_options import baseline_batches
-from mucrasp.scoring.input_stats import collect_input_statistics, per_group
+from mucrasp.scoring.input_stats import collect_input_statistics, output_projection_scores
 from mucrasp.scoring.registry import register_method
-from mucrasp.units import UnitScores
 
 
 @register_method
@@ -26,12 +25,6 @@ class WandaSpMethod(ScoringMethod):
     def score(self, model, adapter, context: ScoringContext) -> ScoringResult:
         batches = baseline_batches(self.name, model, adapter, context.calibration)
         stats = collect_input_statistics(model, adapter, batches, context.progress)
-        channels_per_group = adapter.head_dim(model.config) * adapter.group_size(model.config)
-        mlp, attn = [], []
-        for i, layer in enumerate(adapter.decoder_layers(model)):
-            _, _, down = adapter.mlp_projections(layer)
-            *_, o_proj = adapter.attention_projections(layer)
-            mlp.append(down.weight.detach().double().abs().mean(0).cpu() * stats.down[i].norm())
-            channel = o_proj.weight.detach().double().abs().mean(0).cpu() * stats.o_proj[i].norm()
-            attn.append(per_group(channel, channels_per_group))
-        return ScoringResult(normalize_per_unit_type(UnitScores(mlp, attn)), {"samples": len(batches)})
+        # s_j = mean_i |W_ij| * ||X_j||_2.
+        scores = output_projection_scores(model, adapter, stats, lambda weight, sums: weight.abs().mean(0).cpu() * sums.norm())
+        return ScoringResult(normalize_per_unit_type(scores), {"samples": len(batches)})
