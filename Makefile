@@ -37,9 +37,9 @@ demo: setup demo-data
 	$(VENV)/bin/mucrasp-deploy eval $(DEMO_DIR)/deploy/model --dense models/demo-vlm \
 		--data $(DATA_DIR)/test/test.jsonl --limit 100 --ground-truth --max-new-tokens 64 --json $(DEMO_DIR)/eval.json
 
+# Written once, and again whenever the scene generator's output changes.
 demo-data: setup
-	@test -f $(DATA_DIR)/calibration/calibration.jsonl || $(PY) -m mucrasp.demo.dataset calibration --out $(DATA_DIR)/calibration
-	@test -f $(DATA_DIR)/test/test.jsonl || $(PY) -m mucrasp.demo.dataset test --out $(DATA_DIR)/test
+	$(PY) -c 'from mucrasp.demo.bundled import ensure_demo_data; ensure_demo_data("$(DATA_DIR)")'
 
 # Reproduces the committed models/demo-vlm (trained from scratch on CPU; see its training.json).
 demo-model: setup

@@ -1,6 +1,6 @@
 """Per-task exact-answer accuracy of the bundled demo VLM, on calibration-range items (not the test split).
 
-    .venv/bin/python bench/demo_tasks.py [--items 128]
+    .venv/bin/python bench/demo_tasks.py [--items 128] [--model DIR] [--out DIR]
 
 Writes bench/results/demo_tasks.{json,md}: which task families the demo model has learned.
 """
@@ -31,8 +31,10 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=128)
+    parser.add_argument("--model", type=Path, default=None, help="a demo VLM directory (default: the bundled one)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where demo_tasks.{json,md} go")
     args = parser.parse_args()
-    path = bundled_demo_model()
+    path = args.model or bundled_demo_model()
     model, processor = load_model(path).model, load_processor(path, vision=True)
     scenes = [make_scene(seed) for seed in split_seeds("calibration", args.items)]
     total, correct = collections.Counter(), collections.Counter()
@@ -47,8 +49,8 @@ def main() -> None:
     lines = [header, "", "| task | correct | items | accuracy |", "|---|---|---|---|"]
     lines += [f"| {t} | {r['correct']} | {r['items']} | {r['correct'] / r['items']:.2f} |" for t, r in rows.items()]
     lines.append(f"| all | {sum(correct.values())} | {len(scenes)} | {sum(correct.values()) / len(scenes):.2f} |")
-    write_json_atomic(RESULTS / "demo_tasks.json", {"header": header, "tasks": rows})
-    write_text_atomic(RESULTS / "demo_tasks.md", "\n".join(lines) + "\n")
+    write_json_atomic(args.out / "demo_tasks.json", {"header": header, "tasks": rows})
+    write_text_atomic(args.out / "demo_tasks.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -2,11 +2,14 @@
 
     .venv/bin/python bench/quality.py                 # both models, full test splits
     .venv/bin/python bench/quality.py --models demo --demo-items 200
+    .venv/bin/python bench/quality.py --models demo --methods mucrasp --ablations --eval-split validation \
+        --out bench/results/quality-demo-validation   # choose MuCRASP's defaults here, never on test
 
 Same calibration set, same ratio definition and same slicing for every method. Each method scores
 once per model and is fused/allocated at each ratio ("score once, prune many"). Metrics come from
 `mucrasp.evaluation` against the dense model's own greedy traces on the test split (never used for
-calibration or tuning). Writes bench/results/quality.{json,md,png}.
+calibration or tuning); `--eval-split validation` measures the demo VLM on its validation split
+instead, which is where ablations decide the method's defaults. Writes bench/results/quality.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ ABLATIONS = {
     "mucrasp[no-pivot]": {"gamma_base": 0.0},
     "mucrasp[pivot-only]": {"gamma_base": 1.0, "rho": 0.0},
     "mucrasp[no-protection]": {"alpha": 0.0, "beta": 0.0, "omega_early": 0.0, "omega_attention": 0.0},
+    "mucrasp[no-sens]": {"alpha": 0.0},
+    "mucrasp[no-cmds]": {"beta": 0.0},
+    "mucrasp[no-omega]": {"omega_early": 0.0, "omega_attention": 0.0},
     "mucrasp[W=4]": {"window": 4},
     "mucrasp[W=16]": {"window": 16},
 }
@@ -49,9 +55,9 @@ SCORING_TIME_OPTIONS = {"window", "markers", "fallback_interval", "gradient_chec
 def model_setups(names: list[str], args) -> list[dict]:
     setups = []
     if "demo" in names:
-        data = ensure_demo_data(Path("build/data/demo"))
+        data = ensure_demo_data(Path("build/data/demo"), ("calibration", args.eval_split))
         setups.append(dict(name="demo-vlm", model=bundled_demo_model(), calibration=data["calibration"],
-                           test=data["test"], limit=args.demo_items, ground_truth=True, max_new_tokens=64))
+                           test=data[args.eval_split], limit=args.demo_items, ground_truth=True, max_new_tokens=64))
     if "smollm" in names:
         model = ensure_smollm2_checkpoint()
         traces = Path("build/data/smollm")
@@ -143,7 +149,8 @@ def plot(rows: list[dict], path: Path) -> None:
             row_axes[0].plot(ratios, [dense[quality_key]] + [p[1][quality_key] for p in points], **style)
             row_axes[1].plot(ratios, [0.0] + [p[1]["cot_kl"] for p in points], **style)
         row_axes[0].set(title=f"{model}: {quality_key} (greedy CoT)", xlabel="pruning ratio", ylabel=quality_key)
-        row_axes[1].set(title=f"{model}: KL(dense || pruned) per CoT token", xlabel="pruning ratio", ylabel="nats", yscale="log")
+        row_axes[1].set(title=f"{model}: KL(dense || pruned) per CoT token", xlabel="pruning ratio", ylabel="nats")
+        row_axes[1].set_yscale("symlog", linthresh=1e-4)  # log-like, but the dense point (0) stays on the axis
         row_axes[0].legend(fontsize=8)
         for ax in row_axes:
             ax.grid(alpha=0.3)
@@ -162,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smollm-items", type=int, default=96, help="the first N of the 192 test prompts (0: all)")
     parser.add_argument("--calib-samples", type=int, default=None, help="use the first N calibration records (default: all 128)")
     parser.add_argument("--ablations", action="store_true", help="add MuCRASP ablation rows (fusion, protection, window)")
+    parser.add_argument("--eval-split", default="test", choices=["test", "validation"],
+                        help="the demo VLM's evaluation split (SmolLM2 has a test split only)")
     parser.add_argument("--out", default=str(RESULTS / "quality"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -170,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown methods: {unknown}")
     ratios = [float(r) for r in args.ratios.split(",")]
+    if args.eval_split == "validation" and "smollm" in args.models.split(","):
+        parser.error("--eval-split validation is for the demo VLM only: pass --models demo")
     started = time.perf_counter()
     rows = []
     for setup in model_setups(args.models.split(","), args):

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import mucrasp  # noqa: F401  (CPU-torch workarounds first)
+from mucrasp.atomic_io import write_json_atomic, write_text_atomic
 from mucrasp.checkpoint import MANIFEST_NAME, load_pruned
 from mucrasp.model_loading import read_model_config
 from mucrasp.params import count_parameters
@@ -75,12 +76,26 @@ def export(pruned: Path, backend: str) -> Path:
     return export_onnx(pruned, out).out
 
 
+def source_fingerprint(source: Path) -> dict:
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(source.glob("*.safetensors"))}
+
+
+def fresh_work_dir(work: Path, source: Path, method: str) -> None:
+    """Reuse pruned/exported variants only if they were made from these weights by this method."""
+    stamp = work / "source.json"
+    expected = {"source": str(source), "weights": source_fingerprint(source), "method": method}
+    if work.exists() and (not stamp.is_file() or json.loads(stamp.read_text()) != expected):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(stamp, expected)
+
+
 def bench(args) -> list[dict]:
     rows = []
     for name in args.models:
         source = model_source(name)
         work = Path(args.work) / name
-        work.mkdir(parents=True, exist_ok=True)
+        fresh_work_dir(work, source, args.method)
         spot = None
         if name == "demo":
             from mucrasp.calibration.records import load_records
@@ -150,15 +165,18 @@ def plot(rows: list[dict], path: Path) -> None:
         ratios = [r["ratio"] for r in sel]
         axes[0].plot(ratios, [r["speedup"] for r in sel], "o-", label=f"{model} / {backend}")
         axes[1].plot(ratios, [r["peak_memory_gb"] for r in sel], "o-", label=f"{model} / {backend}")
-    ideal = sorted({(r["ratio"], r["ideal_speedup"]) for r in rows if r["model"] == groups[0][0]})
-    axes[0].plot([i[0] for i in ideal], [i[1] for i in ideal], "k--", label=f"ideal ({groups[0][0]})")
+    for model, style in zip(sorted({r["model"] for r in rows}), ["k--", "k:", "k-."]):
+        ideal = sorted({(r["ratio"], r["ideal_speedup"]) for r in rows if r["model"] == model})
+        axes[0].plot([i[0] for i in ideal], [i[1] for i in ideal], style, label=f"ideal ({model})")
     axes[0].set(xlabel="pruning ratio", ylabel="tokens/s speedup vs dense", title="throughput")
     axes[1].set(xlabel="pruning ratio", ylabel="peak RSS (GB)", title="memory")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -174,7 +192,12 @@ def main() -> None:
     parser.add_argument("--spot-check", type=int, default=16, help="demo: held-out records to ask")
     parser.add_argument("--work", default=str(ROOT / "build" / "bench-serve"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--replot", action="store_true", help="redraw serve.png from the existing serve.json only")
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.replot:
+        plot(json.loads((out / "serve.json").read_text())["rows"], out / "serve.png")
+        return
     rows = bench(args)
     meta = {
         "date": dt.date.today().isoformat(),
@@ -182,10 +205,9 @@ def main() -> None:
         "command": " ".join(sys.argv), "requests": args.requests, "concurrency": args.concurrency,
         "max_tokens": args.max_tokens, "method": args.method,
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serve.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (out / "serve.md").write_text(markdown(rows, meta))
+    write_json_atomic(out / "serve.json", {"meta": meta, "rows": rows})
+    write_text_atomic(out / "serve.md", markdown(rows, meta))
     plot(rows, out / "serve.png")
     print(markdown(rows, meta))
 

@@ -43,9 +43,12 @@ def test_a_wrong_answer_is_caught():
 
 
 def test_splits_never_share_a_seed():
-    ranges = [set(split_seeds("calibration")), set(split_seeds("test")), set(split_seeds("train", 1_000_000))]
-    assert len(ranges[1]) >= 500 and len(ranges[0]) == 128
-    assert not (ranges[0] & ranges[1]) and not (ranges[0] & ranges[2]) and not (ranges[1] & ranges[2])
+    names = ["calibration", "test", "validation", "train"]
+    ranges = {name: set(split_seeds(name, 1_000_000 if name == "train" else None)) for name in names}
+    assert len(ranges["test"]) >= 500 and len(ranges["calibration"]) == 128 and len(ranges["validation"]) == 200
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not (ranges[a] & ranges[b]), (a, b)
 
 
 def test_written_split_loads_as_calibration_data(tmp_path):
@@ -59,3 +62,15 @@ def test_word_problems_are_deterministic_and_split():
     assert word_problems() == word_problems()
     assert len(word_problems()) >= 300
     assert len(split_prompts("calibration")) == 128 and not set(split_prompts("calibration")) & set(split_prompts("test"))
+
+
+def test_demo_data_written_by_an_older_generator_is_rewritten(tmp_path):
+    from mucrasp.demo.bundled import ensure_demo_data
+    from mucrasp.demo.dataset import first_record
+
+    stale = tmp_path / "calibration" / "calibration.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"image": null, "prompt": "old", "response": "Therefore the answer is 1."}\n')
+    path = ensure_demo_data(tmp_path, ("calibration",))["calibration"]
+    assert path == stale and stale.read_text().splitlines()[0] == first_record("calibration")
+    assert len(stale.read_text().splitlines()) == 128

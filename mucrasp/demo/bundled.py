@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mucrasp.demo.dataset import write_split
+from mucrasp.demo.dataset import first_record, write_split
 from mucrasp.errors import MucraspError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -23,12 +23,18 @@ def bundled_demo_model() -> Path:
     return path
 
 
-def ensure_demo_data(root: Path) -> dict[str, Path]:
-    """The calibration (128) and test (500) splits as JSONL files under `root`, written once."""
+def ensure_demo_data(root: Path, splits: tuple[str, ...] = ("calibration", "test")) -> dict[str, Path]:
+    """The named splits (calibration: 128, test: 500, validation: 200) as JSONL files under `root`, written once."""
     paths = {}
-    for split in ("calibration", "test"):
+    for split in splits:
         jsonl = Path(root) / split / f"{split}.jsonl"
-        if not jsonl.is_file():
+        if not jsonl.is_file() or not _matches_generator(jsonl, split):
             write_split(split, jsonl.parent)
         paths[split] = jsonl
     return paths
+
+
+def _matches_generator(jsonl: Path, split: str) -> bool:
+    """False when the file was written by an older scene generator (its first record differs)."""
+    with jsonl.open() as lines:
+        return lines.readline().strip() == first_record(split)

@@ -2,7 +2,8 @@
 
 Each split draws scenes from its own seed range, so no split can share a seed with another:
 train is streamed from [0, 1e6) during training and never written, calibration is [1e6, 1e6+128),
-test is [2e6, 2e6+n). The test split is for evaluation only: never calibrate or tune on it.
+test is [2e6, 2e6+n), validation is [3e6, 3e6+200). The test split is for evaluation only: never
+calibrate or tune on it. Method choices (ablations, defaults) are made on validation.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 from mucrasp.atomic_io import atomic_directory
 from mucrasp.demo.scenes import Scene, make_scene
 
-SPLIT_SEED_BASE = {"train": 0, "calibration": 1_000_000, "test": 2_000_000}
-SPLIT_SIZES = {"calibration": 128, "test": 500}
+SPLIT_SEED_BASE = {"train": 0, "calibration": 1_000_000, "test": 2_000_000, "validation": 3_000_000}
+SPLIT_SIZES = {"calibration": 128, "test": 500, "validation": 200}
 
 
 def split_seeds(split: str, n: int | None = None) -> range:
@@ -27,6 +28,16 @@ def scene_record(scene: Scene, image_path: str | None) -> dict:
     return {"image": image_path, "prompt": scene.question, "response": scene.response}
 
 
+def _image_name(split: str, seed: int) -> str:
+    return f"images/{split}-{seed}.png"
+
+
+def first_record(split: str) -> str:
+    """The first JSONL line `write_split` writes for `split`: enough to tell whether a file is current."""
+    seed = split_seeds(split)[0]
+    return json.dumps(scene_record(make_scene(seed), _image_name(split, seed)))
+
+
 def write_split(split: str, out_dir: Path, n: int | None = None, overwrite: bool = True) -> Path:
     """Write `<out_dir>/<split>.jsonl` and `<out_dir>/images/`, atomically; returns the JSONL path."""
     out_dir = Path(out_dir)
@@ -35,7 +46,7 @@ def write_split(split: str, out_dir: Path, n: int | None = None, overwrite: bool
         lines = []
         for seed in split_seeds(split, n):
             scene = make_scene(seed)
-            name = f"images/{split}-{seed}.png"
+            name = _image_name(split, seed)
             scene.image.save(staging / name, format="PNG")
             lines.append(json.dumps(scene_record(scene, name)))
         (staging / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
