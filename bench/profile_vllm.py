@@ -124,22 +124,22 @@ def measure(folders: list[Path], args) -> list[dict]:
 
 
 def demo_variants(ratio: float, work: Path) -> list[Path]:
-    """Dense and pruned exports of the demo VLM (made once under `work`)."""
+    """Dense and pruned exports of the demo VLM, made afresh under `work` (never stale ones)."""
+    import shutil
+
     from mucrasp.demo.bundled import bundled_demo_model
     from mucrasp.export.vllm_checkpoint import export_vllm
     from mucrasp.pruning import PruneConfig, prune
 
     source = bundled_demo_model()
+    shutil.rmtree(work, ignore_errors=True)
     variants = {"dense": dict(ratio=0.0, layout="uniform"), f"r{ratio:g}-align8": dict(ratio=ratio, align=8),
                 f"r{ratio:g}-align64": dict(ratio=ratio, align=64), f"r{ratio:g}-uniform": dict(ratio=ratio, layout="uniform")}
     folders = []
     for name, options in variants.items():
-        exported = work / f"{name}-vllm"
-        if not exported.is_dir():
-            pruned = work / name
-            prune(PruneConfig(model=source, out=pruned, method="magnitude", overwrite=True, **options))
-            export_vllm(pruned, exported, overwrite=True)
-        folders.append(exported)
+        pruned, exported = work / name, work / f"{name}-vllm"
+        prune(PruneConfig(model=source, out=pruned, method="magnitude", **options))
+        folders.append(export_vllm(pruned, exported).out)
     return folders
 
 
@@ -174,10 +174,6 @@ def main() -> None:
 
         args.result.write_text(json.dumps(profile_folder(args.child, args.batch, args.tokens, args.repeats)))
         return
-    if args.work.exists() and not args.folders:
-        import shutil
-
-        shutil.rmtree(args.work)  # variants of whatever demo model is bundled now, never stale ones
     folders = args.folders or demo_variants(args.ratio, args.work)
     results = measure(folders, args)
     meta = (f"vLLM CPU decode profile, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs; "

@@ -24,7 +24,7 @@ def bundled_demo_model() -> Path:
 
 
 def ensure_demo_data(root: Path, splits: tuple[str, ...] = ("calibration", "test")) -> dict[str, Path]:
-    """The named splits (calibration: 128, test: 500, validation: 200) as JSONL files under `root`, written once."""
+    """The named splits (calibration: 128, test: 500, validation: 200) as JSONL files under `root`: written once, rewritten if an older generator wrote them."""
     paths = {}
     for split in splits:
         jsonl = Path(root) / split / f"{split}.jsonl"
