@@ -34,17 +34,20 @@ from mucrasp.model_loading import load_model
 from mucrasp.models.smollm2 import ensure_smollm2_checkpoint
 from mucrasp.pruning import prune_in_memory
 from mucrasp.scoring import ScoringContext, available_methods, get_method
+from mucrasp.scoring.mucrasp_method import PAPER_STYLE
 
 RESULTS = Path(__file__).parent / "results"
 METHOD_ORDER = ["mucrasp", "taylor", "llm-pruner", "wanda-sp", "flap", "magnitude", "random"]
-# MuCRASP with one ingredient changed, to see what each contributes (--ablations).
+# MuCRASP with one ingredient changed from its defaults (pivot-only attribution, no protection), to
+# see what each contributes (--ablations). "paper" is the paper's full form: fusion and protection.
 ABLATIONS = {
-    "mucrasp[no-pivot]": {"gamma_base": 0.0},
-    "mucrasp[pivot-only]": {"gamma_base": 1.0, "rho": 0.0},
-    "mucrasp[no-protection]": {"alpha": 0.0, "beta": 0.0, "omega_early": 0.0, "omega_attention": 0.0},
-    "mucrasp[no-sens]": {"alpha": 0.0},
-    "mucrasp[no-cmds]": {"beta": 0.0},
-    "mucrasp[no-omega]": {"omega_early": 0.0, "omega_attention": 0.0},
+    "mucrasp[paper]": dict(PAPER_STYLE),
+    "mucrasp[+global]": {"gamma_base": PAPER_STYLE["gamma_base"], "rho": PAPER_STYLE["rho"]},
+    "mucrasp[global-only]": {"gamma_base": 0.0},
+    "mucrasp[+protection]": {k: PAPER_STYLE[k] for k in ("alpha", "beta", "omega_early", "omega_attention")},
+    "mucrasp[+sens]": {"alpha": PAPER_STYLE["alpha"]},
+    "mucrasp[+cmds]": {"beta": PAPER_STYLE["beta"]},
+    "mucrasp[+omega]": {k: PAPER_STYLE[k] for k in ("omega_early", "omega_attention")},
     "mucrasp[W=4]": {"window": 4},
     "mucrasp[W=16]": {"window": 16},
 }
@@ -82,7 +85,8 @@ def variants(methods: list[str], ablations: bool) -> list[tuple[str, str, dict]]
     return rows
 
 
-def run_model(setup: dict, methods: list[tuple[str, str, dict]], ratios: list[float]) -> list[dict]:
+def run_model(setup: dict, methods: list[tuple[str, str, dict]], ratios: list[float], on_row=lambda rows: None) -> list[dict]:
+    """All rows for one model; `on_row` sees the rows so far after each one (for partial results)."""
     loaded = load_model(setup["model"])
     dense, adapter = loaded.model, loaded.adapter
     vision = adapter.is_vision_language
@@ -95,6 +99,7 @@ def run_model(setup: dict, methods: list[tuple[str, str, dict]], ratios: list[fl
     dense_row = {"model": setup["name"], "method": "dense", "ratio": 0.0,
                  **compare(dense, dense, processor, reference, vision, config)}
     rows = [dense_row]
+    on_row(rows)
     calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]), setup["calib_samples"])
     scored: dict[tuple, tuple] = {}
     for label, method, options in methods:
@@ -115,6 +120,7 @@ def run_model(setup: dict, methods: list[tuple[str, str, dict]], ratios: list[fl
                          **metrics})
             log(f"{setup['name']} {label} {ratio}: " + ", ".join(
                 f"{k}={rows[-1][k]:.4f}" for k in ("accuracy", "agreement", "cot_kl", "pivot_kl") if k in rows[-1]))
+            on_row(rows)
             del pruned
     return rows
 
@@ -182,17 +188,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_split == "validation" and "smollm" in args.models.split(","):
         parser.error("--eval-split validation is for the demo VLM only: pass --models demo")
     started = time.perf_counter()
-    rows = []
-    for setup in model_setups(args.models.split(","), args):
-        setup["calib_samples"] = args.calib_samples
-        rows.extend(run_model(setup, variants(methods, args.ablations), ratios))
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{' '.join(sys.argv)}`)."
+    command = " ".join(sys.argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial.md")
+    rows: list[dict] = []
+    for setup in model_setups(args.models.split(","), args):
+        setup["calib_samples"] = args.calib_samples
+        done = list(rows)
+        # An interrupted run still leaves every finished row behind, in a file marked partial.
+        rows = done + run_model(setup, variants(methods, args.ablations), ratios, on_row=lambda model_rows: write_text_atomic(
+            partial, markdown(done + model_rows, f"PARTIAL: rows so far of `{command}`, {machine}.")))
+    header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{command}`)."
     write_json_atomic(out.with_suffix(".json"), {"header": header, "rows": rows})
     write_text_atomic(out.with_suffix(".md"), markdown(rows, header))
     plot(rows, out.with_suffix(".png"))
+    partial.unlink(missing_ok=True)
     print(markdown(rows, header))
     return 0
 

@@ -1,5 +1,6 @@
 """Unit types are compared per parameter, so a GQA group is not pruned just for being large."""
 
+import pytest
 import torch
 
 from mucrasp.allocation import AllocationConfig, allocate, balance_unit_types
@@ -8,12 +9,14 @@ from mucrasp.units import UnitScores
 
 
 def test_balanced_types_have_unit_mean_value_per_parameter():
-    values = UnitScores([torch.rand(64) + 0.5 for _ in range(4)], [torch.rand(2) + 0.5 for _ in range(4)])
+    g = torch.Generator().manual_seed(0)
+    values = UnitScores([torch.rand(64, generator=g) + 0.5 for _ in range(4)], [torch.rand(2, generator=g) + 0.5 for _ in range(4)])
     costs = UnitCosts([576] * 4, [49312] * 4)
     balanced = balance_unit_types(values, costs)
     for unit_type in ("mlp", "attn"):
         per_parameter = torch.cat([v / costs.of(unit_type)[i] for i, v in enumerate(balanced.of(unit_type))])
-        assert float(per_parameter.mean()) == torch.tensor(1.0, dtype=torch.float64).item()
+        # Approximate: an unseeded draw once failed the exact comparison on the last bit.
+        assert float(per_parameter.mean()) == pytest.approx(1.0, rel=1e-9)
 
 
 def test_groups_of_average_value_are_not_all_pruned_first():

@@ -26,8 +26,10 @@ def test_score_then_prune_with_scores_matches_fresh_scoring(tmp_path):
     result = run("score", model_dir, "--calib", calib, "--out", scores, "--set", "window=4")
     assert "pivot_fraction" in result.output and scores.is_file()
 
-    run("prune", model_dir, "--scores", scores, "--ratio", 0.3, "--out", tmp_path / "reused")
-    run("prune", model_dir, "--method", "mucrasp", "--calib", calib, "--set", "window=4", "--ratio", 0.3, "--out", tmp_path / "fresh")
+    # Fusion options apply at prune time, so a scores file takes them too.
+    fusion = ["--set", "gamma_base=0.5", "--set", "rho=1"]
+    run("prune", model_dir, "--scores", scores, *fusion, "--ratio", 0.3, "--out", tmp_path / "reused")
+    run("prune", model_dir, "--method", "mucrasp", "--calib", calib, "--set", "window=4", *fusion, "--ratio", 0.3, "--out", tmp_path / "fresh")
     reused, fresh = read_manifest(tmp_path / "reused"), read_manifest(tmp_path / "fresh")
     assert reused["method"] == fresh["method"] == "mucrasp"
     assert reused["kept_units"] == fresh["kept_units"]

@@ -10,7 +10,7 @@ from mucrasp.calibration import CalibrationSource, PivotConfig
 from mucrasp.pruning import prune_in_memory
 from mucrasp.scoring import ScoringContext, get_method
 from mucrasp.scoring.modality import ModalityStatistics, protection, ProtectionConfig, record_hidden_states
-from mucrasp.scoring.mucrasp_method import gamma_dyn, MucraspConfig
+from mucrasp.scoring.mucrasp_method import PAPER_STYLE, gamma_dyn, MucraspConfig
 from mucrasp.scoring.scores_file import load_scores, save_scores
 from mucrasp.scoring.taylor_hooks import response_token_losses, taylor_scores
 
@@ -101,7 +101,9 @@ def test_protection_and_gamma():
     prot = protection(torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3), ProtectionConfig(alpha=1, beta=1, omega_early=0.2, omega_attention=0.1))
     torch.testing.assert_close(prot["mlp"], torch.tensor([1.2, 1.6, 2.0], dtype=torch.float64))
     torch.testing.assert_close(prot["attn"], prot["mlp"] + 0.1)
-    assert gamma_dyn(0.3, MucraspConfig()) == pytest.approx(0.35)
+    assert gamma_dyn(0.3, MucraspConfig(**PAPER_STYLE)) == pytest.approx(0.35)
+    assert gamma_dyn(0.3, MucraspConfig()) == gamma_dyn(0.7, MucraspConfig()) == 1.0  # default: pivot-only
+    assert MucraspConfig().protection() == ProtectionConfig(0.0, 0.0, 0.0, 0.0)  # default: P(L) = 1
     assert gamma_dyn(0.5, MucraspConfig(gamma_base=0.4, rho=2)) == pytest.approx(0.1)
 
 

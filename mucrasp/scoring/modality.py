@@ -96,10 +96,11 @@ def minmax(values: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ProtectionConfig:
-    alpha: float = 0.5  # weight of Sens
-    beta: float = 0.5  # weight of CMDS
-    omega_early: float = 0.1  # extra retention of the first layer, falling linearly to 0 at the last
-    omega_attention: float = 0.1  # extra retention of attention groups
+    # No defaults here: MucraspConfig holds them, in one place.
+    alpha: float  # weight of Sens
+    beta: float  # weight of CMDS
+    omega_early: float  # extra retention of the first layer, falling linearly to 0 at the last
+    omega_attention: float  # extra retention of attention groups
 
 
 def protection(sens: torch.Tensor, cmds: torch.Tensor, config: ProtectionConfig) -> dict[str, torch.Tensor]:
