@@ -8,8 +8,8 @@
 Same calibration set, same ratio definition and same slicing for every method. Each method scores
 once per model and is fused/allocated at each ratio ("score once, prune many"). Metrics come from
 `mucrasp.evaluation` against the dense model's own greedy traces on the test split (never used for
-calibration or tuning); `--eval-split validation` measures the demo VLM on its validation split
-instead, which is where ablations decide the method's defaults. Writes bench/results/quality.{json,md,png}.
+calibration or tuning); `--eval-split validation` measures on a validation split instead (SmolLM2:
+the second half of its calibration traces), which is where ablations decide the method's defaults. Writes bench/results/quality.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -38,13 +38,12 @@ from mucrasp.scoring.mucrasp_method import PAPER_STYLE
 
 RESULTS = Path(__file__).parent / "results"
 METHOD_ORDER = ["mucrasp", "taylor", "llm-pruner", "wanda-sp", "flap", "magnitude", "random"]
-# MuCRASP with one ingredient changed from its defaults (pivot-only attribution, no protection), to
-# see what each contributes (--ablations). "paper" is the paper's full form: fusion and protection.
+# MuCRASP with one ingredient changed from its defaults (the paper's fusion, no protection), to see
+# what each contributes (--ablations). "paper" adds the paper's whole protection P(L) (PAPER_STYLE).
 ABLATIONS = {
     "mucrasp[paper]": dict(PAPER_STYLE),
-    "mucrasp[+global]": {"gamma_base": PAPER_STYLE["gamma_base"], "rho": PAPER_STYLE["rho"]},
+    "mucrasp[pivot-only]": {"gamma_base": 1.0, "rho": 0.0},
     "mucrasp[global-only]": {"gamma_base": 0.0},
-    "mucrasp[+protection]": {k: PAPER_STYLE[k] for k in ("alpha", "beta", "omega_early", "omega_attention")},
     "mucrasp[+sens]": {"alpha": PAPER_STYLE["alpha"]},
     "mucrasp[+cmds]": {"beta": PAPER_STYLE["beta"]},
     "mucrasp[+omega]": {k: PAPER_STYLE[k] for k in ("omega_early", "omega_attention")},
@@ -68,9 +67,28 @@ def model_setups(names: list[str], args) -> list[dict]:
             from mucrasp.demo.text_traces import write_text_traces
 
             write_text_traces(model, traces)
+        evaluation = traces / "test.jsonl"
+        if args.eval_split == "validation":
+            evaluation = smollm_validation_split(traces / "calibration.jsonl", args.calib_samples)
         setups.append(dict(name="smollm2-135m", model=model, calibration=traces / "calibration.jsonl",
-                           test=traces / "test.jsonl", limit=args.smollm_items or None, ground_truth=False, max_new_tokens=96))
+                           test=evaluation, limit=args.smollm_items or None, ground_truth=False, max_new_tokens=96))
     return setups
+
+
+def smollm_validation_split(calibration: Path, calib_samples: int | None) -> Path:
+    """SmolLM2 has no validation split of its own: hold out the second half of its calibration traces.
+
+    Scoring reads only the first `calib_samples` records, so the held-out half never calibrates, and
+    the test split stays untouched by tuning.
+    """
+    lines = [line for line in calibration.read_text(encoding="utf-8").splitlines() if line.strip()]
+    held_out = len(lines) // 2
+    if calib_samples is None or calib_samples > held_out:
+        raise SystemExit(f"--eval-split validation on smollm needs --calib-samples <= {held_out} "
+                         "(the validation items are the second half of the calibration traces)")
+    path = calibration.with_name("validation.jsonl")
+    write_text_atomic(path, "\n".join(lines[held_out:]) + "\n")
+    return path
 
 
 def log(message: str) -> None:
@@ -95,7 +113,7 @@ def run_model(setup: dict, methods: list[tuple[str, str, dict]], ratios: list[fl
                         ground_truth=setup["ground_truth"], max_new_tokens=setup["max_new_tokens"])
     started = time.perf_counter()
     reference = dense_reference(dense, processor, load_records(setup["test"], setup["limit"]), vision, config)
-    log(f"{setup['name']}: dense traces for {len(reference.records)} test items in {time.perf_counter() - started:.0f}s")
+    log(f"{setup['name']}: dense traces for {len(reference.records)} evaluation items in {time.perf_counter() - started:.0f}s")
     dense_row = {"model": setup["name"], "method": "dense", "ratio": 0.0,
                  **compare(dense, dense, processor, reference, vision, config)}
     rows = [dense_row]
@@ -176,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-samples", type=int, default=None, help="use the first N calibration records (default: all 128)")
     parser.add_argument("--ablations", action="store_true", help="add MuCRASP ablation rows (fusion, protection, window)")
     parser.add_argument("--eval-split", default="test", choices=["test", "validation"],
-                        help="the demo VLM's evaluation split (SmolLM2 has a test split only)")
+                        help="where to measure: validation (demo VLM: its own split; SmolLM2: the second half "
+                             "of its calibration traces, needs --calib-samples) is for choosing defaults")
     parser.add_argument("--out", default=str(RESULTS / "quality"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -185,8 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown methods: {unknown}")
     ratios = [float(r) for r in args.ratios.split(",")]
-    if args.eval_split == "validation" and "smollm" in args.models.split(","):
-        parser.error("--eval-split validation is for the demo VLM only: pass --models demo")
     started = time.perf_counter()
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     command = " ".join(sys.argv)

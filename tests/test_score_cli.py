@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from calib_helpers import save_processor, write_calibration
@@ -27,13 +28,13 @@ def test_score_then_prune_with_scores_matches_fresh_scoring(tmp_path):
     assert "pivot_fraction" in result.output and scores.is_file()
 
     # Fusion options apply at prune time, so a scores file takes them too.
-    fusion = ["--set", "gamma_base=0.5", "--set", "rho=1"]
+    fusion = ["--set", "gamma_base=0.8", "--set", "rho=2"]
     run("prune", model_dir, "--scores", scores, *fusion, "--ratio", 0.3, "--out", tmp_path / "reused")
     run("prune", model_dir, "--method", "mucrasp", "--calib", calib, "--set", "window=4", *fusion, "--ratio", 0.3, "--out", tmp_path / "fresh")
     reused, fresh = read_manifest(tmp_path / "reused"), read_manifest(tmp_path / "fresh")
     assert reused["method"] == fresh["method"] == "mucrasp"
     assert reused["kept_units"] == fresh["kept_units"]
-    assert reused["scoring_details"]["gamma_dyn"] == 0.5 * 0.7
+    assert reused["scoring_details"]["gamma_dyn"] == pytest.approx(0.8 * 0.7**2)
     assert 0.3 <= reused["ratio_achieved"] < 0.4  # the knapsack keeps at most (1 - S)
 
 

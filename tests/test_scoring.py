@@ -102,7 +102,7 @@ def test_protection_and_gamma():
     torch.testing.assert_close(prot["mlp"], torch.tensor([1.2, 1.6, 2.0], dtype=torch.float64))
     torch.testing.assert_close(prot["attn"], prot["mlp"] + 0.1)
     assert gamma_dyn(0.3, MucraspConfig(**PAPER_STYLE)) == pytest.approx(0.35)
-    assert gamma_dyn(0.3, MucraspConfig()) == gamma_dyn(0.7, MucraspConfig()) == 1.0  # default: pivot-only
+    assert gamma_dyn(0.3, MucraspConfig()) == pytest.approx(0.35)  # default: the paper's fusion
     assert MucraspConfig().protection() == ProtectionConfig(0.0, 0.0, 0.0, 0.0)  # default: P(L) = 1
     assert gamma_dyn(0.5, MucraspConfig(gamma_base=0.4, rho=2)) == pytest.approx(0.1)
 

@@ -28,22 +28,23 @@ from mucrasp.scoring.taylor_hooks import taylor_scores
 from mucrasp.units import ATTN, MLP, UnitScores
 
 
-# The paper's form with the strengths we first chose (the paper gives no values). Kept as a named
-# preset: `--set` these to score the way the paper describes.
+# The paper's full form, protection included, with the strengths we first chose (the paper gives no
+# values). Kept as a named preset: `--set` these to score the way the paper describes.
 PAPER_STYLE = {"gamma_base": 0.5, "rho": 1.0, "alpha": 0.5, "beta": 0.5, "omega_early": 0.1, "omega_attention": 0.1}
 
 
 @dataclass(frozen=True)
 class MucraspConfig:
-    # The defaults are pivot-only attribution with no layer protection. They were chosen on the demo
-    # VLM's validation split (`bench/results/quality-demo-validation.md`): at ratio 0.5 the
-    # PAPER_STYLE settings gave accuracy 0.730 / CoT KL 0.0221, this choice 0.785 / 0.0155, the best
-    # of the 12 MuCRASP variants and ahead of taylor (0.765 / 0.0199) and magnitude (0.780 / 0.0265).
-    # At 0.3 no variant separated. Sens-weighted protection favours the late layers, whose residual
-    # norms are largest, and starved the middle ones.
-    # Fusion (applied at prune time): γ_dyn = γ_base·(1−S)^ρ, so these give γ_dyn = 1 at every S.
-    gamma_base: float = 1.0
-    rho: float = 0.0
+    # The defaults are the paper's fusion with no layer protection, chosen on validation splits only
+    # (`bench/results/quality-{demo,smollm}-validation.md`). Protection (PAPER_STYLE) lost on both
+    # models: Sens favours the late layers, whose residual norms are largest, and starved the middle
+    # ones (demo VLM at ratio 0.5: accuracy 0.730 / CoT KL 0.0221 with it, 0.780 / 0.0174 without).
+    # Pivot-only attribution (γ = 1) was a little better on the demo VLM (0.785 / 0.0155), whose
+    # pivot windows cover 72% of its CoT, but much worse on SmolLM2 (KL 0.76 against 0.63 at 0.3,
+    # 2.53 against 1.79 at 0.5), whose windows cover 20%: too few tokens for a gradient on their own.
+    # Fusion (applied at prune time): γ_dyn = γ_base·(1−S)^ρ.
+    gamma_base: float = 0.5
+    rho: float = 1.0
     # Protection P(L) = 1 + α·norm(Sens) + β·norm(CMDS) + Ω (applied at prune time); zero: P = 1.
     alpha: float = 0.0
     beta: float = 0.0
