@@ -8,7 +8,6 @@ Writes bench/results/demo_tasks.{json,md}: which task families the demo model ha
 from __future__ import annotations
 
 import argparse
-import collections
 import platform
 import time
 from pathlib import Path
@@ -20,9 +19,8 @@ from mucrasp.atomic_io import write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import load_processor
 from mucrasp.demo.bundled import bundled_demo_model
 from mucrasp.demo.dataset import split_seeds
-from mucrasp.demo.evaluate_demo import MAX_NEW_TOKENS
-from mucrasp.demo.scenes import extract_answer, make_scene
-from mucrasp.evaluation.generation import greedy_decode, vision_prompt_inputs
+from mucrasp.demo.evaluate_demo import per_task_results
+from mucrasp.demo.scenes import make_scene
 from mucrasp.model_loading import load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -37,18 +35,12 @@ def main() -> None:
     path = args.model or bundled_demo_model()
     model, processor = load_model(path).model, load_processor(path, vision=True)
     scenes = [make_scene(seed) for seed in split_seeds("calibration", args.items)]
-    total, correct = collections.Counter(), collections.Counter()
-    for start in range(0, len(scenes), 32):
-        chunk = scenes[start:start + 32]
-        inputs = vision_prompt_inputs(processor, [s.image for s in chunk], [s.question for s in chunk])
-        for scene, response in zip(chunk, greedy_decode(model, processor.tokenizer, inputs, MAX_NEW_TOKENS)):
-            total[scene.task] += 1
-            correct[scene.task] += extract_answer(response) == scene.answer
-    rows = {task: {"correct": correct[task], "items": total[task]} for task in sorted(total)}
+    rows = per_task_results(model, processor, scenes, batch_size=32)
+    n_correct = sum(r["correct"] for r in rows.values())
     header = f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, torch {torch.__version__}, {args.items} calibration-range items."
     lines = [header, "", "| task | correct | items | accuracy |", "|---|---|---|---|"]
     lines += [f"| {t} | {r['correct']} | {r['items']} | {r['correct'] / r['items']:.2f} |" for t, r in rows.items()]
-    lines.append(f"| all | {sum(correct.values())} | {len(scenes)} | {sum(correct.values()) / len(scenes):.2f} |")
+    lines.append(f"| all | {n_correct} | {len(scenes)} | {n_correct / len(scenes):.2f} |")
     write_json_atomic(args.out / "demo_tasks.json", {"header": header, "tasks": rows})
     write_text_atomic(args.out / "demo_tasks.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

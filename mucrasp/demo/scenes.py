@@ -221,10 +221,15 @@ def check_answer(scene: Scene) -> None:
         raise AssertionError(f"{scene.task}: stated answer {scene.answer!r}, scene says {expected!r}")
 
 
-def make_scene(seed: int) -> Scene:
-    """The scene for one seed: the task and everything in it follow from the seed alone."""
+def make_scene(seed: int, task_weights: dict[str, float] | None = None) -> Scene:
+    """The scene for one seed: the task and everything in it follow from the seed (and weights) alone.
+
+    `task_weights` (training only) draws some task families more often than others; every split that
+    is written to disk draws them uniformly.
+    """
     rng = random.Random(seed)
-    task = rng.choice(sorted(TASKS))
+    names = sorted(TASKS)
+    task = rng.choice(names) if task_weights is None else rng.choices(names, [task_weights.get(n, 1.0) for n in names])[0]
     scene = TASKS[task](rng)
     check_answer(scene)
     return scene

@@ -45,6 +45,7 @@ def text_prompt_inputs(tokenizer: Any, prompts: Sequence[str]) -> dict[str, torc
 def greedy_decode(model, tokenizer: Any, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:
     stop = [i for i in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} if isinstance(i, int) and i >= 0]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    inputs = {name: value.to(model.device) for name, value in inputs.items()}
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop, pad_token_id=pad)
     return [r.strip() for r in tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
 
