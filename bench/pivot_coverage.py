@@ -25,27 +25,32 @@ from mucrasp.models.smollm2 import ensure_smollm2_checkpoint
 RESULTS = Path(__file__).parent / "results"
 
 
-def calibration_sets() -> list[tuple[str, Path, Path, bool]]:
-    """(name, calibration file, model folder, is vision-language) for the two bundled models."""
-    demo = ensure_demo_data(Path("build/data/demo"), ("calibration",))
-    smollm = ensure_smollm2_checkpoint()
-    traces = Path("build/data/smollm")
-    if not (traces / "calibration.jsonl").is_file():
-        from mucrasp.demo.text_traces import write_text_traces
+def calibration_sets(models: list[str]) -> list[tuple[str, Path, Path, bool]]:
+    """(name, calibration file, model folder, is vision-language) for the chosen bundled models."""
+    sets = []
+    if "demo" in models:
+        demo = ensure_demo_data(Path("build/data/demo"), ("calibration",))
+        sets.append(("demo-vlm", Path(demo["calibration"]), bundled_demo_model(), True))
+    if "smollm" in models:
+        smollm = ensure_smollm2_checkpoint()
+        traces = Path("build/data/smollm")
+        if not (traces / "calibration.jsonl").is_file():
+            from mucrasp.demo.text_traces import write_text_traces
 
-        write_text_traces(smollm, traces)
-    return [("demo-vlm", Path(demo["calibration"]), bundled_demo_model(), True),
-            ("smollm2-135m", traces / "calibration.jsonl", smollm, False)]
+            write_text_traces(smollm, traces)  # SmolLM2's own greedy traces: slow the first time
+        sets.append(("smollm2-135m", traces / "calibration.jsonl", smollm, False))
+    return sets
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib-samples", type=int, default=None, help="the first N calibration records (default: all)")
     parser.add_argument("--windows", default="4,8,16")
+    parser.add_argument("--models", nargs="+", default=["demo", "smollm"], choices=["demo", "smollm"])
     parser.add_argument("--out", default=str(RESULTS / "pivot_coverage"))
     args = parser.parse_args(argv)
     rows = []
-    for name, path, model_dir, vision in calibration_sets():
+    for name, path, model_dir, vision in calibration_sets(args.models):
         model_config = AutoConfig.from_pretrained(model_dir)
         source = CalibrationSource(path, Path(model_dir), args.calib_samples)
         for window in (int(w) for w in args.windows.split(",")):

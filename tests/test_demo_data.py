@@ -74,3 +74,13 @@ def test_demo_data_written_by_an_older_generator_is_rewritten(tmp_path):
     path = ensure_demo_data(tmp_path, ("calibration",))["calibration"]
     assert path == stale and stale.read_text().splitlines()[0] == first_record("calibration")
     assert len(stale.read_text().splitlines()) == 128
+
+
+def test_a_wrong_intermediate_step_is_caught():
+    scene = next(make_scene(seed) for seed in range(100) if make_scene(seed).task == "count_by_color")
+    tally = scene.response.split("Step 2:")[0]
+    wrong_tally = tally.replace("yellow 0", "yellow 3") if "yellow 0" in tally else tally.replace("yellow ", "yellow 9")
+    wrong = dataclasses.replace(scene, response=scene.response.replace(tally, wrong_tally))
+    assert wrong.response != scene.response
+    with pytest.raises(AssertionError, match="does not match the scene"):
+        check_answer(wrong)
