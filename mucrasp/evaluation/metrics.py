@@ -34,17 +34,35 @@ class DivergenceTotals:
         }
 
 
+@dataclass
+class TokenDivergence:
+    """Per response token of one batch: KL(dense || pruned), the pruned model's NLL, the token, pivot or not."""
+
+    kl: torch.Tensor
+    pruned_nll: torch.Tensor
+    token_ids: torch.Tensor
+    in_pivot: torch.Tensor
+
+
 @torch.no_grad()
-def accumulate_divergence(dense, pruned, batch: CalibrationBatch, totals: DivergenceTotals) -> None:
+def token_divergence(dense, pruned, batch: CalibrationBatch) -> TokenDivergence:
     # Position t-1 predicts token t, so shift the masks left by one against the logits.
     targets = batch.response_mask[1:]
-    pivots = batch.pivot_mask[1:]
     dense_logp = F.log_softmax(dense(**batch.inputs).logits[0, :-1].double(), dim=-1)[targets]
     pruned_logp = F.log_softmax(pruned(**batch.inputs).logits[0, :-1].double(), dim=-1)[targets]
-    kl = (dense_logp.exp() * (dense_logp - pruned_logp)).sum(-1)
     token_ids = batch.input_ids[0, 1:][targets]
-    totals.kl_sum += float(kl.sum())
-    totals.tokens += int(targets.sum())
-    totals.pivot_kl_sum += float(kl[pivots[targets]].sum())
-    totals.pivot_tokens += int(pivots.sum())
-    totals.nll_sum += float(-pruned_logp.gather(1, token_ids[:, None]).sum())
+    return TokenDivergence(
+        kl=(dense_logp.exp() * (dense_logp - pruned_logp)).sum(-1),
+        pruned_nll=-pruned_logp.gather(1, token_ids[:, None])[:, 0],
+        token_ids=token_ids,
+        in_pivot=batch.pivot_mask[1:][targets],
+    )
+
+
+def accumulate_divergence(dense, pruned, batch: CalibrationBatch, totals: DivergenceTotals) -> None:
+    divergence = token_divergence(dense, pruned, batch)
+    totals.kl_sum += float(divergence.kl.sum())
+    totals.tokens += len(divergence.kl)
+    totals.pivot_kl_sum += float(divergence.kl[divergence.in_pivot].sum())
+    totals.pivot_tokens += int(divergence.in_pivot.sum())
+    totals.nll_sum += float(divergence.pruned_nll.sum())
