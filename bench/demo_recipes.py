@@ -78,10 +78,9 @@ def run_variant(name: str, args: argparse.Namespace, out_file: Path) -> None:
 
     from mucrasp.demo import scenes
     from mucrasp.demo.dataset import split_seeds
-    from mucrasp.demo.evaluate_demo import per_task_results
     from mucrasp.demo.model_config import DemoArchitecture
     from mucrasp.demo.processor import build_processor
-    from mucrasp.demo.train import TrainConfig, new_demo_model, train_steps
+    from mucrasp.demo.train import TrainConfig, learning_curve_point, new_demo_model, train_steps
 
     spec = VARIANTS[name]
     for patch in spec.get("scenes", []):
@@ -103,16 +102,10 @@ def run_variant(name: str, args: argparse.Namespace, out_file: Path) -> None:
         done = step + 1
         if done % args.eval_every and done != config.steps:
             return False
-        tasks = per_task_results(model.eval(), processor, eval_scenes, batch_size=100)
-        model.train()
-        correct = sum(r["correct"] for r in tasks.values())
-        record["evaluations"].append({
-            "step": done, "seconds": round(time.perf_counter() - started, 1), "loss": round(recent_loss, 4),
-            "accuracy": round(correct / len(eval_scenes), 3),
-            "tasks": {t: round(r["correct"] / r["items"], 3) for t, r in tasks.items()},
-        })
+        point = learning_curve_point(model, processor, eval_scenes, done, time.perf_counter() - started, batch_size=100)
+        record["evaluations"].append({**point, "loss": round(recent_loss, 4), "accuracy": round(point["accuracy"], 3)})
         out_file.write_text(json.dumps(record, indent=2))
-        print(f"{name} step {done} acc {correct / len(eval_scenes):.3f} {record['evaluations'][-1]['tasks']}", flush=True)
+        print(f"{name} step {done} acc {point['accuracy']:.3f} {point['tasks']}", flush=True)
         return False
 
     train_steps(model, processor, config, on_step)
@@ -192,9 +185,11 @@ def main() -> None:
     parser.add_argument("--report", type=Path, nargs="+", default=None, help="only redraw the .md tables and .png plots of these result JSONs")
     args = parser.parse_args()
     if args.report:
+        from mucrasp.atomic_io import write_text_atomic
+
         for path in args.report:
             results = json.loads(path.read_text())
-            path.with_suffix(".md").write_text(markdown(results))
+            write_text_atomic(path.with_suffix(".md"), markdown(results))
             plot(results, path.with_suffix(".png"))
         return
     names = [n for n in args.variants.split(",") if n]

@@ -121,6 +121,15 @@ def train_steps(model, processor: Any, config: TrainConfig, on_step: Callable[[i
     return losses
 
 
+def learning_curve_point(model, processor: Any, scenes: list, step: int, seconds: float, batch_size: int = 25) -> dict:
+    """Overall and per-task accuracy at one step of training; leaves the model in training mode."""
+    tasks = per_task_results(model.eval(), processor, scenes, batch_size)
+    model.train()
+    correct = sum(r["correct"] for r in tasks.values())
+    return {"step": step, "seconds": round(seconds, 1), "accuracy": correct / len(scenes),
+            "tasks": {t: round(r["correct"] / r["items"], 3) for t, r in tasks.items()}}
+
+
 def train(out_dir: Path, config: TrainConfig = TrainConfig()) -> dict:
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -133,13 +142,8 @@ def train(out_dir: Path, config: TrainConfig = TrainConfig()) -> dict:
     interactive = sys.stderr.isatty()
 
     def check(step: int) -> dict:
-        tasks = per_task_results(model.eval(), processor, check_scenes)
-        model.train()
-        correct = sum(r["correct"] for r in tasks.values())
-        point = {"step": step, "seconds": round(time.perf_counter() - started, 1), "accuracy": correct / len(check_scenes),
-                 "tasks": {t: round(r["correct"] / r["items"], 3) for t, r in tasks.items()}}
-        curve.append(point)
-        return point
+        curve.append(learning_curve_point(model, processor, check_scenes, step, time.perf_counter() - started))
+        return curve[-1]
 
     # Rich holds redirected output until the bar stops; in a log file, plain lines show progress.
     with Progress(disable=not interactive, redirect_stdout=False) as bar:
