@@ -29,7 +29,7 @@ from mucrasp.evaluation.evaluate import EvalConfig, dense_reference
 from mucrasp.evaluation.metrics import token_divergence
 from mucrasp.model_loading import load_model
 from mucrasp.pruning import prune_in_memory
-from mucrasp.scoring import ScoringContext, get_method
+from mucrasp.scoring import ScoringContext, available_methods, get_method
 
 RESULTS = Path(__file__).parent / "results"
 CONTEXT_TOKENS = 4  # the token and the three before it: enough to tell which CoT step it is in
@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=5, help="contexts listed per method")
     parser.add_argument("--out", default=str(RESULTS / "kl-concentration-demo"))
     args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(available_methods()))
+    if unknown:  # before any model loads: a typo should cost nothing
+        parser.error(f"unknown methods: {unknown}; available: {', '.join(available_methods())}")
     torch.manual_seed(0)
 
     data = ensure_demo_data(Path("build/data/demo"), ("calibration", "validation"))
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     calibration = CalibrationSource(Path(data["calibration"]), Path(model_dir), None)
 
     results = {}
-    for method in args.methods.split(","):
+    for method in methods:
         context = ScoringContext(ratio=args.ratio, calibration=calibration, options={})
         components = get_method(method).components(dense, adapter, context)
         pruned = copy.deepcopy(dense)
