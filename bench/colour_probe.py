@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 import torch
 from PIL import Image, ImageDraw
 
+import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from mucrasp.calibration.batches import load_processor
-from mucrasp.demo.bundled import bundled_demo_model
 from mucrasp.demo import scenes
+from mucrasp.demo.bundled import bundled_demo_model
 from mucrasp.demo.model_config import DemoArchitecture
 from mucrasp.demo.scenes import COLORS
 from mucrasp.demo.train import new_demo_model
@@ -61,7 +61,7 @@ def probe_scenes(n: int, seed: int) -> tuple[list[Image.Image], torch.Tensor]:
 def vision_tokens(model, processor, images: list[Image.Image]) -> torch.Tensor:
     parts = []
     for start in range(0, len(images), 50):
-        encoded = processor.image_processor(images=images[start:start + 50], return_tensors="pt")
+        encoded = processor.image_processor(images=images[start : start + 50], return_tensors="pt")
         parts.append(model.model.visual(encoded["pixel_values"], grid_thw=encoded["image_grid_thw"]).pooler_output)
     return torch.cat(parts).float()
 

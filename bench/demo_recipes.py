@@ -31,6 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 # led to those choices used the patches of commit c260329 on the generator as it was then
 # (`git show c260329:bench/demo_recipes.py`).
 
+
 def _patch_plain_floor(scenes) -> None:
     """A white floor: no column shading."""
     scenes.COLUMN_SHADES = (255,) * len(scenes.COLUMN_SHADES)
@@ -73,9 +74,9 @@ VARIANTS: dict[str, dict] = {
 
 
 def run_variant(name: str, args: argparse.Namespace, out_file: Path) -> None:
-    import mucrasp  # noqa: F401  (CPU-torch workarounds first)
     import torch
 
+    import mucrasp  # noqa: F401  (CPU-torch workarounds first)
     from mucrasp.demo import scenes
     from mucrasp.demo.dataset import split_seeds
     from mucrasp.demo.model_config import DemoArchitecture
@@ -128,7 +129,10 @@ def markdown(results: dict) -> str:
     for run in runs:
         for e in run["evaluations"]:
             cells = " | ".join(f"{e['tasks'].get(t, 0):.2f}" for t in tasks)
-            lines.append(f"| {run['variant']} | {e['step']} | {e['seconds']:.0f} | {e['loss']:.4f} | {e['accuracy']:.3f} | {cells} |")
+            lines.append(
+                f"| {run['variant']} | {e['step']} | {e['seconds']:.0f} | {e['loss']:.4f} | "
+                f"{e['accuracy']:.3f} | {cells} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +158,10 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("exact-answer accuracy")
     axes[-1].legend(fontsize=7)
-    fig.suptitle(f"{results['date']}, {results['device']}: {results['eval_items']} items from the {results['eval_split']}", fontsize=9)
+    fig.suptitle(
+        f"{results['date']}, {results['device']}: {results['eval_items']} items from the {results['eval_split']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
@@ -181,8 +188,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per variant")
     parser.add_argument("--data-workers", type=int, default=0, help="batch-drawing processes per variant")
     parser.add_argument("--out", type=Path, default=RESULTS / "demo-recipes.json")
-    parser.add_argument("--save-dir", type=Path, default=None, help="keep each variant's trained model under DIR/VARIANT")
-    parser.add_argument("--report", type=Path, nargs="+", default=None, help="only redraw the .md tables and .png plots of these result JSONs")
+    parser.add_argument(
+        "--save-dir", type=Path, default=None, help="keep each variant's trained model under DIR/VARIANT"
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only redraw the .md tables and .png plots of these result JSONs",
+    )
     args = parser.parse_args()
     if args.report:
         from mucrasp.atomic_io import write_text_atomic
@@ -199,8 +214,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="demo-recipes-"))  # one file per variant, merged into --out
     parts = [work / f"{n}.json" for n in names]
     header = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs",
-        "device": args.device, "eval_items": args.eval_items, "eval_split": "calibration seed range",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs",
+        "device": args.device,
+        "eval_items": args.eval_items,
+        "eval_split": "calibration seed range",
     }
     context = multiprocessing.get_context("spawn")
     pending = list(zip(names, parts))

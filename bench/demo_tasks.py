@@ -12,9 +12,9 @@ import platform
 import time
 from pathlib import Path
 
-import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 import torch
 
+import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from mucrasp.atomic_io import write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import load_processor
 from mucrasp.demo.bundled import bundled_demo_model
@@ -37,7 +37,10 @@ def main() -> None:
     scenes = [make_scene(seed) for seed in split_seeds("calibration", args.items)]
     rows = per_task_results(model, processor, scenes, batch_size=32)
     n_correct = sum(r["correct"] for r in rows.values())
-    header = f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, torch {torch.__version__}, {args.items} calibration-range items."
+    header = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, torch {torch.__version__}, "
+        f"{args.items} calibration-range items."
+    )
     lines = [header, "", "| task | correct | items | accuracy |", "|---|---|---|---|"]
     lines += [f"| {t} | {r['correct']} | {r['items']} | {r['correct'] / r['items']:.2f} |" for t, r in rows.items()]
     lines.append(f"| all | {n_correct} | {len(scenes)} | {n_correct / len(scenes):.2f} |")

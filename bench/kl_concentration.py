@@ -18,9 +18,9 @@ import copy
 import time
 from pathlib import Path
 
-import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 import torch
 
+import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from mucrasp.atomic_io import write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import CalibrationSource, build_batches, load_processor
 from mucrasp.calibration.records import load_records
@@ -42,7 +42,7 @@ def token_divergences(dense, pruned, batches, tokenizer) -> list[tuple[float, st
         divergence = token_divergence(dense, pruned, batch)
         ids = divergence.token_ids.tolist()
         for i, value in enumerate(divergence.kl.tolist()):
-            out.append((value, tokenizer.decode(ids[max(0, i - CONTEXT_TOKENS + 1):i + 1])))
+            out.append((value, tokenizer.decode(ids[max(0, i - CONTEXT_TOKENS + 1) : i + 1])))
     return out
 
 
@@ -55,7 +55,7 @@ def concentration(divergences: list[tuple[float, str]], top_contexts: int) -> di
     return {
         "tokens": len(values),
         "mean_kl": total / len(values),
-        "top_1pct_share": sum(values[:max(1, len(values) // 100)]) / total,
+        "top_1pct_share": sum(values[: max(1, len(values) // 100)]) / total,
         "top_10_share": sum(values[:10]) / total,
         "contexts": [{"context": c, "share": v / total} for c, v in by_context.most_common(top_contexts)],
     }
@@ -80,8 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(model_dir)
     dense, adapter = loaded.model, loaded.adapter
     processor = load_processor(model_dir, True)
-    config = EvalConfig(pruned=model_dir, dense=model_dir, data=data["validation"], limit=args.items,
-                        ground_truth=True, max_new_tokens=64)
+    config = EvalConfig(
+        pruned=model_dir,
+        dense=model_dir,
+        data=data["validation"],
+        limit=args.items,
+        ground_truth=True,
+        max_new_tokens=64,
+    )
     reference = dense_reference(dense, processor, load_records(data["validation"], args.items), True, config)
     batches = build_batches(reference.records, processor, dense.config, config.pivot, True)
     calibration = CalibrationSource(Path(data["calibration"]), Path(model_dir), None)
@@ -93,17 +99,27 @@ def main(argv: list[str] | None = None) -> int:
         pruned = copy.deepcopy(dense)
         prune_in_memory(pruned, adapter, args.ratio, method=method, calibration=calibration, scores=components)
         results[method] = concentration(token_divergences(dense, pruned, batches, processor.tokenizer), args.top)
-        print(f"{method}: mean KL {results[method]['mean_kl']:.5f}, top 10 tokens hold {results[method]['top_10_share']:.0%}",
-              flush=True)
+        print(
+            f"{method}: mean KL {results[method]['mean_kl']:.5f}, "
+            f"top 10 tokens hold {results[method]['top_10_share']:.0%}",
+            flush=True,
+        )
 
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} (`bench/kl_concentration.py --methods {args.methods} --ratio {args.ratio} "
-             f"--items {args.items}`), demo VLM, validation split, ratio {args.ratio}.", "",
-             "| method | CoT tokens | mean KL | top 1% of tokens hold | top 10 tokens hold | contexts holding the most KL (share) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} (`bench/kl_concentration.py --methods {args.methods} "
+        f"--ratio {args.ratio} "
+        f"--items {args.items}`), demo VLM, validation split, ratio {args.ratio}.",
+        "",
+        "| method | CoT tokens | mean KL | top 1% of tokens hold | top 10 tokens hold | "
+        "contexts holding the most KL (share) |",
+        "|---|---|---|---|---|---|",
+    ]
     for method, r in results.items():
         contexts = "; ".join(f"`{c['context'].strip()}` {c['share']:.0%}" for c in r["contexts"])
-        lines.append(f"| {method} | {r['tokens']} | {r['mean_kl']:.5f} | {r['top_1pct_share']:.0%} | "
-                     f"{r['top_10_share']:.0%} | {contexts} |")
+        lines.append(
+            f"| {method} | {r['tokens']} | {r['mean_kl']:.5f} | {r['top_1pct_share']:.0%} | "
+            f"{r['top_10_share']:.0%} | {contexts} |"
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")

@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from transformers import AutoConfig
 
+import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from mucrasp.atomic_io import write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import CalibrationSource, summarize
 from mucrasp.calibration.pivots import PivotConfig
@@ -44,7 +44,9 @@ def calibration_sets(models: list[str]) -> list[tuple[str, Path, Path, bool]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calib-samples", type=int, default=None, help="the first N calibration records (default: all)")
+    parser.add_argument(
+        "--calib-samples", type=int, default=None, help="the first N calibration records (default: all)"
+    )
     parser.add_argument("--windows", default="4,8,16")
     parser.add_argument("--models", nargs="+", default=["demo", "smollm"], choices=["demo", "smollm"])
     parser.add_argument("--out", default=str(RESULTS / "pivot_coverage"))
@@ -57,10 +59,17 @@ def main(argv: list[str] | None = None) -> int:
             summary = summarize(source.batches(model_config, PivotConfig(window=window), vision))
             rows.append({"model": name, "window": window, **summary.as_dict()})
     header = f"Measured {time.strftime('%Y-%m-%d')} (`{' '.join(sys.argv)}`)."
-    lines = [header, "", "| model | window | samples | response tokens | in pivot windows | share | samples without markers |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['window']} | {r['samples']} | {r['response_tokens']} | {r['pivot_window_tokens']} | "
-              f"{r['pivot_fraction']:.2f} | {r['samples_without_markers']} |" for r in rows]
+    lines = [
+        header,
+        "",
+        "| model | window | samples | response tokens | in pivot windows | share | samples without markers |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['model']} | {r['window']} | {r['samples']} | {r['response_tokens']} | {r['pivot_window_tokens']} | "
+        f"{r['pivot_fraction']:.2f} | {r['samples_without_markers']} |"
+        for r in rows
+    ]
     out = Path(args.out)
     write_json_atomic(out.with_suffix(".json"), {"header": header, "rows": rows})
     write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")

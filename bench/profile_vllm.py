@@ -25,20 +25,38 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the model runs in this process, so the profiler sees it
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-import mucrasp  # noqa: E402,F401  (CPU-torch workarounds before vLLM imports transformers)
 import torch  # noqa: E402
 
+import mucrasp  # noqa: E402,F401  (CPU-torch workarounds before vLLM imports transformers)
 from mucrasp.atomic_io import write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
 # Operator name fragments -> group; the first match wins.
 GROUPS = [
-    ("gemm", ("onednn_mm", "aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "weight_packed_linear", "aten::bmm")),
+    (
+        "gemm",
+        ("onednn_mm", "aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "weight_packed_linear", "aten::bmm"),
+    ),
     ("attention", ("attention", "attn", "sdpa", "paged")),
     ("kv cache", ("reshape_and_cache", "cache")),
-    ("norm/activation/rope", ("rms_norm", "silu", "rotary", "rope", "aten::mul", "aten::add", "aten::pow", "aten::rsqrt",
-                              "aten::mean", "aten::neg", "aten::cat", "aten::sigmoid")),
+    (
+        "norm/activation/rope",
+        (
+            "rms_norm",
+            "silu",
+            "rotary",
+            "rope",
+            "aten::mul",
+            "aten::add",
+            "aten::pow",
+            "aten::rsqrt",
+            "aten::mean",
+            "aten::neg",
+            "aten::cat",
+            "aten::sigmoid",
+        ),
+    ),
 ]
 
 
@@ -84,9 +102,14 @@ def profile_folder(folder: Path, batch: int, tokens: int, repeats: int) -> dict:
     op_total = sum(groups.values())
     top.sort(reverse=True)
     return {
-        "folder": str(folder), "walls_s": walls, "profiled_wall_s": profiled_wall, "kv_cache_groups": _kv_cache_groups(llm),
-        "share_of_wall": {**{g: s / profiled_wall for g, s in sorted(groups.items())},
-                          "python (engine, outside torch ops)": max(0.0, profiled_wall - op_total) / profiled_wall},
+        "folder": str(folder),
+        "walls_s": walls,
+        "profiled_wall_s": profiled_wall,
+        "kv_cache_groups": _kv_cache_groups(llm),
+        "share_of_wall": {
+            **{g: s / profiled_wall for g, s in sorted(groups.items())},
+            "python (engine, outside torch ops)": max(0.0, profiled_wall - op_total) / profiled_wall,
+        },
         "top_ops": [{"op": k, "self_s": round(s, 4), "calls": c} for s, k, c in top[:12]],
     }
 
@@ -106,17 +129,33 @@ def measure(folders: list[Path], args) -> list[dict]:
         for folder in folders if round_index % 2 == 0 else folders[::-1]:
             with tempfile.TemporaryDirectory() as tmp:
                 result = Path(tmp) / "result.json"
-                subprocess.run([sys.executable, __file__, "--child", str(folder), "--result", str(result),
-                                "--batch", str(args.batch), "--tokens", str(args.tokens), "--repeats", str(args.repeats)],
-                               check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        str(folder),
+                        "--result",
+                        str(result),
+                        "--batch",
+                        str(args.batch),
+                        "--tokens",
+                        str(args.tokens),
+                        "--repeats",
+                        str(args.repeats),
+                    ],
+                    check=True,
+                )
                 runs[folder].append(json.loads(result.read_text()))
             print(f"[profile] round {round_index + 1}: {folder.name} done", flush=True)
     results = []
     for folder, measured in runs.items():
         walls = [w for run in measured for w in run["walls_s"]]
         wall = statistics.median(walls)
-        results.append(measured[0] | {"walls_s": walls, "tokens_per_s": args.batch * args.tokens / wall,
-                                      "step_ms": 1000 * wall / args.tokens})
+        results.append(
+            measured[0]
+            | {"walls_s": walls, "tokens_per_s": args.batch * args.tokens / wall, "step_ms": 1000 * wall / args.tokens}
+        )
     dense = results[0]["tokens_per_s"]
     for r in results:
         r["vs_first"] = r["tokens_per_s"] / dense
@@ -133,8 +172,12 @@ def demo_variants(ratio: float, work: Path) -> list[Path]:
 
     source = bundled_demo_model()
     shutil.rmtree(work, ignore_errors=True)
-    variants = {"dense": dict(ratio=0.0, layout="uniform"), f"r{ratio:g}-align8": dict(ratio=ratio, align=8),
-                f"r{ratio:g}-align64": dict(ratio=ratio, align=64), f"r{ratio:g}-uniform": dict(ratio=ratio, layout="uniform")}
+    variants = {
+        "dense": dict(ratio=0.0, layout="uniform"),
+        f"r{ratio:g}-align8": dict(ratio=ratio, align=8),
+        f"r{ratio:g}-align64": dict(ratio=ratio, align=64),
+        f"r{ratio:g}-uniform": dict(ratio=ratio, layout="uniform"),
+    }
     folders = []
     for name, options in variants.items():
         pruned, exported = work / name, work / f"{name}-vllm"
@@ -145,11 +188,18 @@ def demo_variants(ratio: float, work: Path) -> list[Path]:
 
 def markdown(results: list[dict], meta: str) -> str:
     shares = sorted({g for r in results for g in r["share_of_wall"]})
-    lines = [meta, "", "| model | tokens/s | vs first row | ms / decode step | KV-cache groups | " + " | ".join(shares) + " |",
-             "|---|---|---|---|---|" + "---|" * len(shares)]
+    lines = [
+        meta,
+        "",
+        "| model | tokens/s | vs first row | ms / decode step | KV-cache groups | " + " | ".join(shares) + " |",
+        "|---|---|---|---|---|" + "---|" * len(shares),
+    ]
     for r in results:
         cells = " | ".join(f"{r['share_of_wall'].get(g, 0):.0%}" for g in shares)
-        lines.append(f"| {Path(r['folder']).name} | {r['tokens_per_s']:.1f} | {r['vs_first']:.2f}x | {r['step_ms']:.2f} | {r['kv_cache_groups']} | {cells} |")
+        lines.append(
+            f"| {Path(r['folder']).name} | {r['tokens_per_s']:.1f} | {r['vs_first']:.2f}x | {r['step_ms']:.2f} | "
+            f"{r['kv_cache_groups']} | {cells} |"
+        )
     for r in results:
         lines += ["", f"Top operators, {Path(r['folder']).name} (self CPU seconds over the profiled run):", ""]
         lines += [f"- `{t['op']}`: {t['self_s']:.3f} s in {t['calls']} calls" for t in r["top_ops"]]
@@ -161,7 +211,9 @@ def main() -> None:
     parser.add_argument("--folders", nargs="+", type=Path, help="vLLM export folders (default: demo VLM variants)")
     parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio of the demo variants")
     parser.add_argument("--work", type=Path, default=Path("build/profile-vllm"), help="where demo variants are made")
-    parser.add_argument("--batch", type=int, default=4, help="sequences decoded together (the smoke test's concurrency)")
+    parser.add_argument(
+        "--batch", type=int, default=4, help="sequences decoded together (the smoke test's concurrency)"
+    )
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per process")
     parser.add_argument("--rounds", type=int, default=2, help="fresh processes per folder, in alternating order")
@@ -176,9 +228,12 @@ def main() -> None:
         return
     folders = args.folders or demo_variants(args.ratio, args.work)
     results = measure(folders, args)
-    meta = (f"vLLM CPU decode profile, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs; "
-            f"batch {args.batch}, {args.tokens} output tokens, eager, bf16; tokens/s: median of {args.rounds * args.repeats} timed "
-            f"runs in {args.rounds} fresh processes per model. Shares are of one profiled run's wall time.")
+    meta = (
+        f"vLLM CPU decode profile, {time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"batch {args.batch}, {args.tokens} output tokens, eager, bf16; "
+        f"tokens/s: median of {args.rounds * args.repeats} timed "
+        f"runs in {args.rounds} fresh processes per model. Shares are of one profiled run's wall time."
+    )
     write_json_atomic(args.out / "profile-vllm.json", {"meta": meta, "results": results})
     write_text_atomic(args.out / "profile-vllm.md", markdown(results, meta))
     print(markdown(results, meta))

@@ -9,22 +9,22 @@ Same calibration set, same ratio definition and same slicing for every method. E
 once per model and is fused/allocated at each ratio ("score once, prune many"). Metrics come from
 `mucrasp.evaluation` against the dense model's own greedy traces on the test split (never used for
 calibration or tuning); `--eval-split validation` measures on a validation split instead (SmolLM2:
-the second half of its calibration traces), which is where ablations decide the method's defaults. Writes bench/results/quality.{json,md,png}.
+the second half of its calibration traces), which is where ablations decide the method's defaults.
+Writes bench/results/quality.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import sys
 import time
 from pathlib import Path
 
-import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 import torch
 
+import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from mucrasp.atomic_io import write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import CalibrationSource, load_processor
 from mucrasp.calibration.records import load_records
@@ -58,8 +58,17 @@ def model_setups(names: list[str], args) -> list[dict]:
     setups = []
     if "demo" in names:
         data = ensure_demo_data(Path("build/data/demo"), ("calibration", args.eval_split))
-        setups.append(dict(name="demo-vlm", model=bundled_demo_model(), calibration=data["calibration"],
-                           test=data[args.eval_split], limit=args.demo_items, ground_truth=True, max_new_tokens=64))
+        setups.append(
+            dict(
+                name="demo-vlm",
+                model=bundled_demo_model(),
+                calibration=data["calibration"],
+                test=data[args.eval_split],
+                limit=args.demo_items,
+                ground_truth=True,
+                max_new_tokens=64,
+            )
+        )
     if "smollm" in names:
         model = ensure_smollm2_checkpoint()
         traces = Path("build/data/smollm")
@@ -70,8 +79,17 @@ def model_setups(names: list[str], args) -> list[dict]:
         evaluation = traces / "test.jsonl"
         if args.eval_split == "validation":
             evaluation = smollm_validation_split(traces / "calibration.jsonl", args.calib_samples)
-        setups.append(dict(name="smollm2-135m", model=model, calibration=traces / "calibration.jsonl",
-                           test=evaluation, limit=args.smollm_items or None, ground_truth=False, max_new_tokens=96))
+        setups.append(
+            dict(
+                name="smollm2-135m",
+                model=model,
+                calibration=traces / "calibration.jsonl",
+                test=evaluation,
+                limit=args.smollm_items or None,
+                ground_truth=False,
+                max_new_tokens=96,
+            )
+        )
     return setups
 
 
@@ -84,8 +102,10 @@ def smollm_validation_split(calibration: Path, calib_samples: int | None) -> Pat
     lines = [line for line in calibration.read_text(encoding="utf-8").splitlines() if line.strip()]
     held_out = len(lines) // 2
     if calib_samples is None or calib_samples > held_out:
-        raise SystemExit(f"--eval-split validation on smollm needs --calib-samples <= {held_out} "
-                         "(the validation items are the second half of the calibration traces)")
+        raise SystemExit(
+            f"--eval-split validation on smollm needs --calib-samples <= {held_out} "
+            "(the validation items are the second half of the calibration traces)"
+        )
     path = calibration.with_name("validation.jsonl")
     write_text_atomic(path, "\n".join(lines[held_out:]) + "\n")
     return path
@@ -103,19 +123,34 @@ def variants(methods: list[str], ablations: bool) -> list[tuple[str, str, dict]]
     return rows
 
 
-def run_model(setup: dict, methods: list[tuple[str, str, dict]], ratios: list[float], on_row=lambda rows: None) -> list[dict]:
+def run_model(
+    setup: dict, methods: list[tuple[str, str, dict]], ratios: list[float], on_row=lambda rows: None
+) -> list[dict]:
     """All rows for one model; `on_row` sees the rows so far after each one (for partial results)."""
     loaded = load_model(setup["model"])
     dense, adapter = loaded.model, loaded.adapter
     vision = adapter.is_vision_language
     processor = load_processor(setup["model"], vision)
-    config = EvalConfig(pruned=setup["model"], dense=setup["model"], data=setup["test"], limit=setup["limit"],
-                        ground_truth=setup["ground_truth"], max_new_tokens=setup["max_new_tokens"])
+    config = EvalConfig(
+        pruned=setup["model"],
+        dense=setup["model"],
+        data=setup["test"],
+        limit=setup["limit"],
+        ground_truth=setup["ground_truth"],
+        max_new_tokens=setup["max_new_tokens"],
+    )
     started = time.perf_counter()
     reference = dense_reference(dense, processor, load_records(setup["test"], setup["limit"]), vision, config)
-    log(f"{setup['name']}: dense traces for {len(reference.records)} evaluation items in {time.perf_counter() - started:.0f}s")
-    dense_row = {"model": setup["name"], "method": "dense", "ratio": 0.0,
-                 **compare(dense, dense, processor, reference, vision, config)}
+    log(
+        f"{setup['name']}: dense traces for {len(reference.records)} evaluation items in "
+        f"{time.perf_counter() - started:.0f}s"
+    )
+    dense_row = {
+        "model": setup["name"],
+        "method": "dense",
+        "ratio": 0.0,
+        **compare(dense, dense, processor, reference, vision, config),
+    }
     rows = [dense_row]
     on_row(rows)
     calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]), setup["calib_samples"])
@@ -130,26 +165,51 @@ def run_model(setup: dict, methods: list[tuple[str, str, dict]], ratios: list[fl
         components, score_seconds = scored[key]
         for ratio in ratios:
             pruned = copy.deepcopy(dense)
-            outcome = prune_in_memory(pruned, adapter, ratio, method=method, calibration=calibration, scores=components,
-                                      method_options=options)
+            outcome = prune_in_memory(
+                pruned,
+                adapter,
+                ratio,
+                method=method,
+                calibration=calibration,
+                scores=components,
+                method_options=options,
+            )
             metrics = compare(dense, pruned, processor, reference, vision, config)
-            rows.append({"model": setup["name"], "method": label, "ratio": ratio, "layout": outcome.layout,
-                         "ratio_achieved": round(outcome.ratio_achieved, 4), "score_seconds": round(score_seconds, 1),
-                         **metrics})
-            log(f"{setup['name']} {label} {ratio}: " + ", ".join(
-                f"{k}={rows[-1][k]:.4f}" for k in ("accuracy", "agreement", "cot_kl", "pivot_kl") if k in rows[-1]))
+            rows.append(
+                {
+                    "model": setup["name"],
+                    "method": label,
+                    "ratio": ratio,
+                    "layout": outcome.layout,
+                    "ratio_achieved": round(outcome.ratio_achieved, 4),
+                    "score_seconds": round(score_seconds, 1),
+                    **metrics,
+                }
+            )
+            log(
+                f"{setup['name']} {label} {ratio}: "
+                + ", ".join(
+                    f"{k}={rows[-1][k]:.4f}" for k in ("accuracy", "agreement", "cot_kl", "pivot_kl") if k in rows[-1]
+                )
+            )
             on_row(rows)
             del pruned
     return rows
 
 
 def markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| model | method | ratio | accuracy | agreement | CoT KL | pivot KL | perplexity |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| model | method | ratio | accuracy | agreement | CoT KL | pivot KL | perplexity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "–"
-        lines.append(f"| {r['model']} | {r['method']} | {r['ratio']:.1f} | {acc} | {r['agreement']:.3f} | "
-                     f"{r['cot_kl']:.4f} | {r['pivot_kl']:.4f} | {r['perplexity']:.3f} |")
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['ratio']:.1f} | {acc} | {r['agreement']:.3f} | "
+            f"{r['cot_kl']:.4f} | {r['pivot_kl']:.4f} | {r['perplexity']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -165,7 +225,9 @@ def plot(rows: list[dict], path: Path) -> None:
         quality_key = "accuracy" if any("accuracy" in r for r in rows if r["model"] == model) else "agreement"
         dense = next(r for r in rows if r["model"] == model and r["method"] == "dense")
         for method in METHOD_ORDER:  # ablation rows stay in the table, out of the plot
-            points = sorted(((r["ratio"], i), r) for i, r in enumerate(rows) if r["model"] == model and r["method"] == method)
+            points = sorted(
+                ((r["ratio"], i), r) for i, r in enumerate(rows) if r["model"] == model and r["method"] == method
+            )
             if not points:
                 continue
             ratios = [0.0] + [p[0][0] for p in points]
@@ -191,11 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratios", default="0.3,0.5")
     parser.add_argument("--demo-items", type=int, default=500)
     parser.add_argument("--smollm-items", type=int, default=96, help="the first N of the 192 test prompts (0: all)")
-    parser.add_argument("--calib-samples", type=int, default=None, help="use the first N calibration records (default: all 128)")
-    parser.add_argument("--ablations", action="store_true", help="add MuCRASP ablation rows (fusion, protection, window)")
-    parser.add_argument("--eval-split", default="test", choices=["test", "validation"],
-                        help="where to measure: validation (demo VLM: its own split; SmolLM2: the second half "
-                             "of its calibration traces, needs --calib-samples) is for choosing defaults")
+    parser.add_argument(
+        "--calib-samples", type=int, default=None, help="use the first N calibration records (default: all 128)"
+    )
+    parser.add_argument(
+        "--ablations", action="store_true", help="add MuCRASP ablation rows (fusion, protection, window)"
+    )
+    parser.add_argument(
+        "--eval-split",
+        default="test",
+        choices=["test", "validation"],
+        help="where to measure: validation (demo VLM: its own split; SmolLM2: the second half "
+        "of its calibration traces, needs --calib-samples) is for choosing defaults",
+    )
     parser.add_argument("--out", default=str(RESULTS / "quality"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -215,8 +285,14 @@ def main(argv: list[str] | None = None) -> int:
         setup["calib_samples"] = args.calib_samples
         done = list(rows)
         # An interrupted run still leaves every finished row behind, in a file marked partial.
-        rows = done + run_model(setup, variants(methods, args.ablations), ratios, on_row=lambda model_rows: write_text_atomic(
-            partial, markdown(done + model_rows, f"PARTIAL: rows so far of `{command}`, {machine}.")))
+        rows = done + run_model(
+            setup,
+            variants(methods, args.ablations),
+            ratios,
+            on_row=lambda model_rows: write_text_atomic(
+                partial, markdown(done + model_rows, f"PARTIAL: rows so far of `{command}`, {machine}.")
+            ),
+        )
     header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{command}`)."
     write_json_atomic(out.with_suffix(".json"), {"header": header, "rows": rows})
     write_text_atomic(out.with_suffix(".md"), markdown(rows, header))

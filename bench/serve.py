@@ -114,19 +114,34 @@ def bench(args) -> list[dict]:
                 if spot and not (folder / "spot_check.jsonl").is_file():
                     spot(folder)
                 print(f"[bench] {name} ratio {ratio:g} on {backend} ...", flush=True)
-                report = run_smoke(SmokeConfig(
-                    folder, backend=backend, requests=args.requests, concurrency=args.concurrency,
-                    max_tokens=args.max_tokens, spot_check_limit=args.spot_check, processor_dir=pruned,
-                    max_model_len=args.max_model_len, report=Path(args.work) / f"{name}-r{ratio:g}-{backend}.json",
-                ))
+                report = run_smoke(
+                    SmokeConfig(
+                        folder,
+                        backend=backend,
+                        requests=args.requests,
+                        concurrency=args.concurrency,
+                        max_tokens=args.max_tokens,
+                        spot_check_limit=args.spot_check,
+                        processor_dir=pruned,
+                        max_model_len=args.max_model_len,
+                        report=Path(args.work) / f"{name}-r{ratio:g}-{backend}.json",
+                    )
+                )
                 t, m = report.data["throughput"], report.data["memory"]
-                rows.append({
-                    "model": name, "ratio": ratio, "backend": backend, "decode_params": params,
-                    "ideal_speedup": dense_params / params, "tokens_per_s": t["tokens_per_s"],
-                    "decode_tokens_per_s_per_stream": t["decode_tokens_per_s_per_stream"],
-                    "ttft_p50_s": t["ttft_p50_s"], "peak_memory_gb": m["peak_gb"],
-                    "spot_check": report.data["spot_check"].get("score"),
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "ratio": ratio,
+                        "backend": backend,
+                        "decode_params": params,
+                        "ideal_speedup": dense_params / params,
+                        "tokens_per_s": t["tokens_per_s"],
+                        "decode_tokens_per_s_per_stream": t["decode_tokens_per_s_per_stream"],
+                        "ttft_p50_s": t["ttft_p50_s"],
+                        "peak_memory_gb": m["peak_gb"],
+                        "spot_check": report.data["spot_check"].get("score"),
+                    }
+                )
     for row in rows:
         dense = next(r for r in rows if (r["model"], r["backend"], r["ratio"]) == (row["model"], row["backend"], 0.0))
         row["speedup"] = row["tokens_per_s"] / dense["tokens_per_s"]
@@ -139,13 +154,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"Serving benchmark, {meta['date']}, {meta['machine']}. Load: {meta['requests']} requests of "
         f"{meta['max_tokens']} output tokens, {meta['concurrency']} in flight on vLLM (batch 1 on ONNX Runtime).",
         "",
-        "| model | ratio | backend | decode params (M) | tokens/s | speedup | ideal | realised/ideal | TTFT p50 (s) | peak RSS (GB) | spot-check |",
+        "| model | ratio | backend | decode params (M) | tokens/s | speedup | ideal | realised/ideal | "
+        "TTFT p50 (s) | peak RSS (GB) | spot-check |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         spot = "-" if r["spot_check"] is None else f"{r['spot_check']:.2f}"
         lines.append(
-            f"| {r['model']} | {r['ratio']:g} | {r['backend']} | {r['decode_params'] / 1e6:.1f} | {r['tokens_per_s']:.1f} | "
+            f"| {r['model']} | {r['ratio']:g} | {r['backend']} | {r['decode_params'] / 1e6:.1f} | "
+            f"{r['tokens_per_s']:.1f} | "
             f"{r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {r['speedup_vs_ideal']:.0%} | {r['ttft_p50_s']} | "
             f"{r['peak_memory_gb']:.2f} | {spot} |"
         )
@@ -202,8 +219,11 @@ def main() -> None:
     meta = {
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs, {platform.node()}",
-        "command": " ".join(sys.argv), "requests": args.requests, "concurrency": args.concurrency,
-        "max_tokens": args.max_tokens, "method": args.method,
+        "command": " ".join(sys.argv),
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "max_tokens": args.max_tokens,
+        "method": args.method,
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "serve.json", {"meta": meta, "rows": rows})

@@ -21,7 +21,11 @@ _ONNX_TYPES = {v: k for k, v in onnx.TensorProto.DataType.items()}
 def _value_info(value) -> dict[str, Any]:
     tensor = value.type.tensor_type
     shape = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
-    return {"name": value.name, "dtype": _ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type)).lower(), "shape": shape}
+    return {
+        "name": value.name,
+        "dtype": _ONNX_TYPES.get(tensor.elem_type, str(tensor.elem_type)).lower(),
+        "shape": shape,
+    }
 
 
 def describe_graph(path: Path) -> dict[str, Any]:
@@ -49,18 +53,34 @@ def _special_ids(model, folder: Path | None) -> dict[str, Any]:
     return ids
 
 
-def build_manifest(folder: Path, graphs: dict[str, str], model, adapter, decoder_info: dict, dtype: str, opset: int,
-                   pruning: dict, source: Path) -> dict[str, Any]:
+def build_manifest(
+    folder: Path,
+    graphs: dict[str, str],
+    model,
+    adapter,
+    decoder_info: dict,
+    dtype: str,
+    opset: int,
+    pruning: dict,
+    source: Path,
+) -> dict[str, Any]:
     text = adapter.text_config(model.config)
     vision = adapter.is_vision_language
     head_dim = decoder_info["head_dim"]
     layers = []
     for i, (mlp, kv) in enumerate(decoder_info["layers"]):
-        layers.append({
-            "layer": i, "num_key_value_heads": kv, "head_dim": head_dim, "intermediate_size": mlp,
-            "past_key": f"past_key_values.{i}.key", "past_value": f"past_key_values.{i}.value",
-            "present_key": f"present.{i}.key", "present_value": f"present.{i}.value",
-        })
+        layers.append(
+            {
+                "layer": i,
+                "num_key_value_heads": kv,
+                "head_dim": head_dim,
+                "intermediate_size": mlp,
+                "past_key": f"past_key_values.{i}.key",
+                "past_value": f"past_key_values.{i}.value",
+                "present_key": f"present.{i}.key",
+                "present_value": f"present.{i}.value",
+            }
+        )
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "architecture": adapter.architecture,
@@ -76,6 +96,10 @@ def build_manifest(folder: Path, graphs: dict[str, str], model, adapter, decoder
             "num_hidden_layers": len(layers),
             "group_size": adapter.group_size(model.config),
             "position_ids": "mrope_3d" if vision else "1d",
+            # a decoder call takes up to this many new tokens, on a past of up to this many
+            "max_sequence": decoder_info["max_sequence"],
+            # visual feature levels added after the first decoder layers (input `deepstack_embeds`)
+            "deepstack_levels": adapter.deepstack_levels(model.config) if vision else 0,
             "kv_layout": "[batch, num_key_value_heads, sequence, head_dim]",
             "layers": layers,
         },
@@ -85,11 +109,15 @@ def build_manifest(folder: Path, graphs: dict[str, str], model, adapter, decoder
         vc = model.config.vision_config
         rope = getattr(text, "rope_parameters", None) or {}
         manifest["vision"] = {
-            "patch_size": vc.patch_size, "temporal_patch_size": vc.temporal_patch_size,
-            "spatial_merge_size": vc.spatial_merge_size, "mrope_section": rope.get("mrope_section"),
+            "patch_size": vc.patch_size,
+            "temporal_patch_size": vc.temporal_patch_size,
+            "spatial_merge_size": vc.spatial_merge_size,
+            "mrope_section": rope.get("mrope_section"),
             "encoder_exported": "vision" in graphs,
-            # the vision graph takes one image of this patch grid (pixels: grid * patch_size per side)
+            # the vision graph takes one image of this patch grid (pixels: grid * patch_size per side);
+            # None: it takes image_grid_thw as an input, and any image size
             "grid_thw": decoder_info.get("vision_grid_thw"),
+            "dynamic_image_size": "vision" in graphs and decoder_info.get("vision_grid_thw") is None,
         }
     return manifest
 

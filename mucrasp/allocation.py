@@ -13,43 +13,65 @@ gradient method then kept 1 of 2 groups in all 8 layers and lost most of its acc
 
 Alignment is built in rather than rounded afterwards: MLP channels are taken in blocks of `align`
 (each layer's channels sorted by value, then chunked) and KV groups in blocks of `tp`, so every
-kept count is a multiple of the block and the budget is still met to within one block.
+kept count is a multiple of the block and the budget is still met to within one block. `align`
+must be a power of two (1, 2, 4, 8, 16, ...): GEMM kernels tile and vectorise in powers of two, so
+a width that is a multiple of a power of two keeps the pruned matmuls on their fast paths, and any
+other value (e.g. 7) only makes widths awkward without aligning anything.
+
+The settings are pydantic models (see `mucrasp.validation`): `AllocationSettings` holds the knobs
+the user sets, each default defined here once; the CLI reads its defaults from these fields.
+This module imports torch only inside the functions that need it, so the CLI can read the
+defaults cheaply.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
+from pydantic import ConfigDict, Field, field_validator
 
 from mucrasp.errors import MucraspError
-from mucrasp.params import UnitCosts
-from mucrasp.units import ATTN, MLP, UNIT_TYPES, KeepPlan, LayerKeep, UnitScores
+from mucrasp.validation import JobConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from mucrasp.params import UnitCosts
+    from mucrasp.units import KeepPlan, UnitScores
 
 LAYOUTS = ("global", "uniform")
+Layout = Literal["global", "uniform"]
+#: The pruning ratio, checked here only: every config that takes one uses this type.
+Ratio = Annotated[
+    float, Field(ge=0.0, le=0.9, description="fraction of the decoder's attention+MLP parameters removed")
+]
 
 
-@dataclass(frozen=True)
-class AllocationConfig:
-    ratio: float
-    layout: str = "global"
-    min_mlp_fraction: float = 0.10  # each layer keeps at least this share of its MLP channels
-    min_kv_groups: int = 1  # ... and at least this many GQA groups
-    align: int = 8  # kept MLP channel counts are multiples of this
-    tp: int = 1  # kept KV-group counts divide by this (tensor-parallel size)
+class AllocationSettings(JobConfig):
+    """What every prune takes besides the ratio and the layout (PruneConfig inherits these)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    min_mlp_fraction: float = Field(0.10, ge=0.0, le=1.0)  # each layer keeps at least this share of its MLP channels
+    min_kv_groups: int = Field(1, ge=1)  # ... and at least this many GQA groups (checked against the model)
+    align: int = Field(8, ge=1)  # kept MLP channel counts are multiples of this power of two
+    tp: int = Field(1, ge=1)  # kept KV-group counts divide by this (tensor-parallel size)
+
+    @field_validator("align")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"must be a power of two (1, 2, 4, 8, 16, ...), got {value}")
+        return value
+
+
+class AllocationConfig(AllocationSettings):
+    ratio: Ratio
+    layout: Layout = "global"
     prune_attention: bool = True  # False keeps every GQA group (e.g. for a stock Qwen-VL config)
     balance_unit_types: bool = True  # see the module docstring; FLAP's z-scores balance themselves
-
-    def validate(self) -> None:
-        if not 0.0 <= self.ratio <= 0.9:
-            raise MucraspError(f"ratio must be within [0, 0.9], got {self.ratio}")
-        if self.layout not in LAYOUTS:
-            raise MucraspError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        if self.align < 1 or self.tp < 1 or self.min_kv_groups < 1:
-            raise MucraspError("align, tp and min_kv_groups must be at least 1")
-        if not 0.0 <= self.min_mlp_fraction <= 1.0:
-            raise MucraspError(f"min_mlp_fraction must be within [0, 1], got {self.min_mlp_fraction}")
 
 
 @dataclass
@@ -62,23 +84,36 @@ class _Block:
 
 
 def _block_size(unit_type: str, config: AllocationConfig) -> int:
+    from mucrasp.units import MLP
+
     return config.align if unit_type == MLP else config.tp
 
 
 def _minimum_units(unit_type: str, available: int, config: AllocationConfig) -> int:
+    from mucrasp.units import ATTN
+
     block = _block_size(unit_type, config)
     if unit_type == ATTN:
         if available % config.tp:
-            raise MucraspError(f"a layer has {available} KV groups, which does not divide by --tp {config.tp}")
+            raise MucraspError(f"tp: a layer has {available} KV groups, which does not divide by --tp {config.tp}")
         if not config.prune_attention:
             return available
+        if config.min_kv_groups > available:
+            raise MucraspError(
+                f"min_kv_groups: {config.min_kv_groups} is more than the {available} KV groups "
+                "a layer of this model has"
+            )
         wanted = config.min_kv_groups
     else:
         wanted = math.ceil(config.min_mlp_fraction * available)
     return min(available, math.ceil(wanted / block) * block)
 
 
-def _layer_blocks(layer: int, unit_type: str, values: torch.Tensor, cost: int, config: AllocationConfig) -> list[_Block]:
+def _layer_blocks(
+    layer: int, unit_type: str, values: torch.Tensor, cost: int, config: AllocationConfig
+) -> list[_Block]:
+    import torch
+
     order = torch.argsort(values.double(), descending=True, stable=True)
     size = _block_size(unit_type, config)
     return [
@@ -89,10 +124,9 @@ def _layer_blocks(layer: int, unit_type: str, values: torch.Tensor, cost: int, c
 
 def allocate(values: UnitScores, costs: UnitCosts, config: AllocationConfig) -> KeepPlan:
     """Choose which units every layer keeps; see the module docstring for the two layouts."""
-    config.validate()
-    total = sum(
-        len(values.of(t)[i]) * costs.of(t)[i] for t in UNIT_TYPES for i in range(len(values.mlp))
-    )
+    from mucrasp.units import UNIT_TYPES
+
+    total = sum(len(values.of(t)[i]) * costs.of(t)[i] for t in UNIT_TYPES for i in range(len(values.mlp)))
     budget = (1.0 - config.ratio) * total
     if config.balance_unit_types:
         values = balance_unit_types(values, costs)
@@ -103,6 +137,10 @@ def allocate(values: UnitScores, costs: UnitCosts, config: AllocationConfig) -> 
 
 def balance_unit_types(values: UnitScores, costs: UnitCosts) -> UnitScores:
     """Rescale each unit type so that the mean of value / cost over its units is 1."""
+    import torch
+
+    from mucrasp.units import ATTN, MLP, UNIT_TYPES, UnitScores
+
     scaled = {}
     for t in UNIT_TYPES:
         per_parameter = torch.cat([v.double() / costs.of(t)[i] for i, v in enumerate(values.of(t))])
@@ -112,6 +150,8 @@ def balance_unit_types(values: UnitScores, costs: UnitCosts) -> UnitScores:
 
 
 def _allocate_global(values: UnitScores, costs: UnitCosts, config: AllocationConfig, budget: float) -> KeepPlan:
+    from mucrasp.units import UNIT_TYPES
+
     kept: dict[tuple[int, str], list[torch.Tensor]] = {}
     spent = 0
     candidates: list[_Block] = []
@@ -139,6 +179,10 @@ def _allocate_global(values: UnitScores, costs: UnitCosts, config: AllocationCon
 
 
 def _allocate_uniform(values: UnitScores, costs: UnitCosts, config: AllocationConfig, budget: float) -> KeepPlan:
+    import torch
+
+    from mucrasp.units import ATTN, MLP, KeepPlan, LayerKeep
+
     n_layers = len(values.mlp)
     sizes = {(len(values.mlp[i]), len(values.attn[i])) for i in range(n_layers)}
     if len(sizes) != 1:
@@ -172,6 +216,10 @@ def _allocate_uniform(values: UnitScores, costs: UnitCosts, config: AllocationCo
 
 
 def _plan_from(kept: dict[tuple[int, str], list[torch.Tensor]], n_layers: int) -> KeepPlan:
+    import torch
+
+    from mucrasp.units import ATTN, MLP, KeepPlan, LayerKeep
+
     def gather(layer: int, t: str) -> torch.Tensor:
         chunks = kept.get((layer, t), [])
         return torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long)

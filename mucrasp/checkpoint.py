@@ -9,18 +9,23 @@ Layout written by `save_pruned`:
   gained a bias (FLAP's bias compensation) is never stock: `output_projection_bias` says so.
 - `model.safetensors` (sharded above the size limit), `generation_config.json`;
 - the tokenizer, processor and chat-template files of the source model, copied over;
-- `pruning.json`: the manifest (method, ratio, kept units per layer, parameter counts).
+- `pruning.json`: the manifest (method, ratio, kept units per layer, parameter counts);
+- per-layer only: `modeling_mucrasp.py` and config.json's `auto_map`, with which the transformers Auto
+  classes load it (`trust_remote_code=True`) without mucrasp (see mucrasp/export/hf_remote_code.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import init_empty_weights
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoConfig, GenerationConfig, PretrainedConfig, PreTrainedModel
 from transformers.core_model_loading import revert_weight_conversion
@@ -29,6 +34,7 @@ from mucrasp.adapters import adapter_for_config
 from mucrasp.adapters.base import ArchitectureAdapter
 from mucrasp.atomic_io import atomic_directory, write_json_atomic
 from mucrasp.errors import MucraspError
+from mucrasp.export.hf_remote_code import write_remote_code
 from mucrasp.units import KeepPlan
 
 MANIFEST_NAME = "pruning.json"
@@ -116,29 +122,172 @@ def save_pruned(
     adapter = adapter_for_config(model.config)
     out_dir = Path(out_dir)
     record_widths(model, adapter, plan)
-    with atomic_directory(out_dir, overwrite=overwrite) as staging:
+    # The source must survive: refuse an output that is, holds, or lies inside it (`--out SRC --overwrite`).
+    with atomic_directory(out_dir, overwrite=overwrite, inputs=(source_dir,)) as staging:
         carried = _carry_source_files(Path(source_dir) if source_dir else None, staging)
         model.save_pretrained(staging)
+        # per-layer: the module and `auto_map` the Auto classes load it with (trust_remote_code=True), no mucrasp
+        per_layer = per_layer_widths(model.config, adapter) is not None
+        write_remote_code(staging, adapter.hf_remote_code_names(model) if per_layer else None)
         write_json_atomic(staging / MANIFEST_NAME, {**manifest, "carried_files": carried})
     return out_dir
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file the user gave us, or one MucraspError naming it (unreadable, not UTF-8, not JSON)."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise MucraspError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
+    except UnicodeDecodeError as exc:
+        raise MucraspError(f"{path} is not valid JSON (not UTF-8 text at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise MucraspError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
     manifest = Path(path) / MANIFEST_NAME
     if not manifest.is_file():
         raise MucraspError(f"{path} is not a pruned checkpoint (no {MANIFEST_NAME})")
-    return json.loads(manifest.read_text())
+    data = read_json_file(manifest)
+    if not isinstance(data, dict):
+        raise MucraspError(f"{manifest} is not a pruning manifest (a JSON object)")
+    return data
 
 
 def _weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / shard for shard in shards]
+        data = read_json_file(index)
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise MucraspError(f"{index} has no weight_map")
+        shards = [path / shard for shard in sorted(set(weight_map.values()))]
+        missing = [shard.name for shard in shards if not shard.is_file()]
+        if missing:
+            raise MucraspError(f"{path}: weight shard {missing[0]} listed in {index.name} is missing")
+        return shards
     single = path / "model.safetensors"
     if single.is_file():
         return [single]
     raise MucraspError(f"{path} holds no safetensors weights")
+
+
+# ---- checking weights without loading them: the safetensors header and the config's widths ---------------
+_DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "F8_E8M0": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+    "C64": 8,
+}
+_MAX_HEADER = 100 * 2**20
+_DECODER_KEY = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj)\.weight$")
+
+
+def read_safetensors_header(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """Tensor name -> (dtype, shape) of one safetensors file, checked against the file's length; no data is read."""
+    path = Path(path)
+
+    def bad(why: str) -> MucraspError:
+        return MucraspError(f"{path} is not a valid safetensors file ({why})")
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise bad("truncated: no header")
+            length = int.from_bytes(head, "little")
+            if length > size - 8 or length > _MAX_HEADER:
+                raise bad(f"truncated or garbage: header of {length} bytes in a file of {size}")
+            header = json.loads(handle.read(length).decode("utf-8"))
+    except OSError as exc:
+        raise MucraspError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad("unreadable header") from None
+    if not isinstance(header, dict):
+        raise bad("unreadable header")
+    tensors, end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, stop) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
+            expected = _DTYPE_BYTES[dtype] * math.prod(shape)
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"bad header entry for {name}") from None
+        if stop - begin != expected or begin < 0:
+            raise bad(f"{name}: {stop - begin} bytes for a {dtype} tensor of shape {shape}")
+        tensors[name] = (dtype, shape)
+        end = max(end, stop)
+    if 8 + length + end != size:
+        raise bad(
+            f"truncated: the header needs {8 + length + end} bytes, the file has {size}"
+            if 8 + length + end > size
+            else f"{size - 8 - length - end} bytes after the last tensor"
+        )
+    return tensors
+
+
+def _expected_shapes(config: PretrainedConfig, adapter: ArchitectureAdapter) -> dict[tuple[int, str], tuple[int, int]]:
+    """(layer, projection) -> weight shape the config asks for, for the decoder's attention and MLP projections."""
+    text = adapter.text_config(config)
+    widths = per_layer_widths(config, adapter)
+    n = text.num_hidden_layers
+    mlp, kv = widths if widths else ([text.intermediate_size] * n, [text.num_key_value_heads] * n)
+    hidden, head_dim, group = text.hidden_size, adapter.head_dim(config), adapter.group_size(config)
+    shapes = {}
+    for i, (m, k) in enumerate(zip(mlp, kv)):
+        q = k * group * head_dim
+        shapes.update(
+            {
+                (i, "self_attn.q_proj"): (q, hidden),
+                (i, "self_attn.k_proj"): (k * head_dim, hidden),
+                (i, "self_attn.v_proj"): (k * head_dim, hidden),
+                (i, "self_attn.o_proj"): (hidden, q),
+                (i, "mlp.gate_proj"): (m, hidden),
+                (i, "mlp.up_proj"): (m, hidden),
+                (i, "mlp.down_proj"): (hidden, m),
+            }
+        )
+    return shapes
+
+
+def verify_weights(path: str | Path) -> None:
+    """Check a checkpoint's weights before using them, cheaply: every shard present, every safetensors
+    header sound and matching its file's length, and each decoder projection shaped as the config's
+    (per-layer) widths say. Raises one MucraspError naming the file; reads no tensor data."""
+    path = Path(path)
+    from mucrasp.model_loading import read_model_config
+
+    config, adapter = read_model_config(path)
+    found: dict[tuple[int, str], tuple[Path, str, list[int]]] = {}
+    for shard in _weight_files(path):
+        for name, (_, shape) in read_safetensors_header(shard).items():
+            match = _DECODER_KEY.search(name)
+            if match and "visual" not in name and "vision" not in name:
+                found[(int(match[1]), match[2])] = (shard, name, shape)
+    if not found:
+        return  # a naming we do not know: leave the shapes to the loader
+    for key, shape in _expected_shapes(config, adapter).items():
+        if key not in found:
+            raise MucraspError(f"{path}: the weights lack layer {key[0]}'s {key[1]}")
+        shard, name, actual = found[key]
+        if tuple(actual) != shape:
+            raise MucraspError(f"{shard}: {name} has shape {list(actual)}, but config.json says {list(shape)}")
 
 
 def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
@@ -151,6 +300,16 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> PreTraine
     path = Path(path)
     if not (path / "config.json").is_file():
         raise MucraspError(f"{path} is not a model directory (no config.json)")
+    if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file():
+        verify_weights(path)  # one line naming the file, instead of a loader traceback
+    try:
+        return _load_pruned(path, dtype)
+    except (SafetensorError, OSError, ValueError) as exc:  # what the checks above cannot see (a corrupt tensor)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MucraspError(f"cannot load the model in {path}: {reason}") from None
+
+
+def _load_pruned(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(path)
     adapter = adapter_for_config(config)
     widths = per_layer_widths(config, adapter)

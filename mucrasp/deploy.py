@@ -1,9 +1,22 @@
 """The deployment chain: plan → score (cached) → prune → export → smoke test, into one folder.
 
+The chain is a list of steps over one `DeployContext`: each step reads what earlier steps put there
+and adds its own result (and a line in the report), so a new step (recover, quantize) is one
+function plus one line in `BUILD_STEPS` or `CHECK_STEPS`.
+
+- `BUILD_STEPS` fill a staging folder that replaces the deployment folder in one rename
+  (`atomic_directory`): the model, its manifest, its export and the plan appear together or not at
+  all.
+- `CHECK_STEPS` then run in the deployment folder itself (the smoke test at the plan's context,
+  concurrency and target, an optional eval, the model card with their figures, the report), so every
+  path they record is the final one and each file is written once; `report.json` is written last
+  and says `complete: true` when every step passed. A folder without report.json is incomplete;
+  Ctrl-C during these steps removes it.
+
 With no model it uses the bundled demo VLM and its calibration split. Scores are cached by content
 (see `mucrasp.scoring.score_cache`), so a second deployment of the same model at another ratio or
-for another profile skips the gradient pass. Steps that do not exist yet are recorded as remaining
-in report.json.
+for another profile skips the gradient pass. The profile is loaded once and the model at most once
+for scoring and pruning together.
 
 The export goes to `<deploy>/export` and is smoke-tested there (`mucrasp.serve.run_smoke`) on the
 target's own runtime; $MUCRASP_SMOKE_BACKEND (or `DeployConfig.smoke_backend`) picks another, e.g.
@@ -13,46 +26,100 @@ target's own runtime; $MUCRASP_SMOKE_BACKEND (or `DeployConfig.smoke_backend`) p
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import shutil
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import Field
 
 import mucrasp
-from mucrasp.allocation import AllocationConfig
-from mucrasp.atomic_io import atomic_directory, check_output_dir, write_json_atomic
-from mucrasp.checkpoint import MANIFEST_NAME
+from mucrasp.allocation import Ratio
 from mucrasp.errors import MucraspError
-from mucrasp.planning import Plan, Workload, load_profile, plan_model
-from mucrasp.pruning import PruneConfig, prune
-from mucrasp.scoring import get_method
-from mucrasp.scoring.base import ProgressCallback, _no_progress
-from mucrasp.scoring.score_cache import cached_scores_path, default_cache_dir
-from mucrasp.scoring.score_job import ScoreConfig, score_model
+from mucrasp.planning.profiles import Profile
+from mucrasp.planning.workload import Workload
+from mucrasp.validation import JobConfig
+
+if TYPE_CHECKING:
+    from mucrasp.planning.planner import Plan
+    from mucrasp.serve.config import Planned
 
 TARGETS = ("vllm", "onnx")
-REMAINING: list[str] = []
 SMOKE_BACKEND_ENV = "MUCRASP_SMOKE_BACKEND"
 SPOT_CHECK_RECORDS = 16
+NOT_ENFORCED = "--no-enforce-target was given"
+MANIFEST_NAME = "pruning.json"  # as mucrasp.checkpoint writes it (not imported: it loads torch)
 
 
-@dataclass
-class DeployConfig:
-    profile: str | Path
+class DeployConfig(JobConfig):
+    profile: str | Path | Profile  # a name, a YAML path or a loaded profile
     model: Path | None = None  # None: the demo model
-    target: str = "vllm"
+    target: Literal["vllm", "onnx"] = "vllm"
     out: Path | None = None  # None: ./deploy-<profile>
     overwrite: bool = False
-    workload: Workload = field(default_factory=Workload)
+    workload: Workload = Field(default_factory=Workload)
     method: str = "mucrasp"
     calibration: Path | None = None  # None: the demo's calibration split for the demo model
-    ratio: float | None = None  # None: the planner's choice; a number overrides it (the plan is still written)
+    ratio: Ratio | None = None  # None: the planner's choice; a number overrides it (the plan is still written)
     step: float = 0.05
     max_ratio: float = 0.5
     cache_dir: Path | None = None  # scores and demo data; None: $MUCRASP_CACHE_DIR or ~/.cache/mucrasp
     smoke_backend: str | None = None  # None: $MUCRASP_SMOKE_BACKEND, else the target's runtime
-    smoke_requests: int = 8
+    smoke_requests: int = Field(8, ge=1)
+    max_seq_len: int | None = Field(None, ge=1)  # calibration sequences are cut to this; None: the model's context
+    # The workload's target tokens/s as a smoke-test threshold. None: only on a GPU host (the plan's
+    # figure is for the profile's GPU; a CPU host measures something else), True/False: always/never.
+    enforce_target: bool | None = None
+    # A held-out set for `mucrasp-deploy eval` after the smoke test (eval.json); None: no eval step.
+    eval_data: Path | None = None
+    eval_limit: int | None = Field(None, ge=1)
+    eval_ground_truth: bool = False  # the set's responses end in true answers: report accuracy
+    eval_max_new_tokens: int = Field(96, ge=1)
+
+
+def _no_progress(description: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass
+class DeployContext:
+    """Everything the steps share. `folder` is where steps write: the staging folder while building,
+    the deployment folder (`out`) once it is in place."""
+
+    config: DeployConfig
+    out: Path
+    profile: Profile
+    cache_dir: Path
+    model_dir: Path
+    calibration: Path | None
+    progress: Callable[[str, int, int], None] = _no_progress
+    staging: Path | None = None
+    plan: Plan | None = None
+    ratio: float | None = None
+    loaded: Any = None  # the dense model, loaded once for scoring and pruning (pruning slices it)
+    method: str | None = None  # the method that actually scored (magnitude when falling back)
+    scores: Path | None = None
+    spot_note: str = ""
+    smoke: dict[str, Any] | None = None
+    exported: Any = None  # the vLLM export (its `card` writes README.md after the smoke test)
+    eval_report: dict[str, Any] | None = None
+    steps: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def folder(self) -> Path:
+        return self.staging if self.staging is not None else self.out
+
+    def record(self, name: str, status: str, detail: str) -> None:
+        self.steps.append({"step": name, "status": status, "detail": detail})
+
+    def load_dense(self) -> Any:
+        if self.loaded is None:
+            from mucrasp.model_loading import load_model
+
+            self.progress("loading model", 0, 1)
+            self.loaded = load_model(self.model_dir)
+            self.progress("loading model", 1, 1)
+        return self.loaded
 
 
 @dataclass
@@ -60,169 +127,364 @@ class DeployReport:
     out: Path
     plan: Plan
     steps: list[dict[str, str]]
-    remaining: list[str]
     smoke: dict[str, Any] | None = None  # the smoke test's report; None when it could not run
 
 
-def _step(steps: list[dict[str, str]], name: str, status: str, detail: str) -> None:
-    steps.append({"step": name, "status": status, "detail": detail})
+def plan_step(ctx: DeployContext) -> None:
+    from mucrasp.atomic_io import write_json_atomic
+    from mucrasp.planning.planner import plan_model
+
+    c = ctx.config
+    ctx.progress("plan", 0, 1)
+    ctx.plan = plan_model(ctx.model_dir, ctx.profile, c.workload, c.step, c.max_ratio)
+    ctx.progress("plan", 1, 1)
+    write_json_atomic(ctx.folder / "plan.json", ctx.plan.to_dict())
+    ctx.ratio = c.ratio if c.ratio is not None else ctx.plan.ratio
+    if ctx.ratio is None:
+        raise MucraspError(ctx.plan.message)
+    ctx.record(
+        "plan",
+        "done",
+        ctx.plan.message if c.ratio is None else f"{ctx.plan.message}; --ratio {ctx.ratio:g} overrides it",
+    )
 
 
-def run_chain(config: DeployConfig, progress: ProgressCallback = _no_progress) -> DeployReport:
-    if config.target not in TARGETS:
-        raise MucraspError(f"unknown target {config.target!r} (choose from: {', '.join(TARGETS)})")
-    profile = load_profile(config.profile)
-    out = Path(config.out or f"deploy-{profile.name}")
-    check_output_dir(out, config.overwrite)
-    steps: list[dict[str, str]] = []
-    if config.ratio is not None:
-        AllocationConfig(ratio=config.ratio).validate()
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-    model, calibration = _model_and_calibration(config, cache_dir, steps)
-    with atomic_directory(out, overwrite=config.overwrite) as staging:
-        progress("plan", 0, 1)
-        plan = plan_model(model, profile, config.workload, config.step, config.max_ratio)
-        progress("plan", 1, 1)
-        write_json_atomic(staging / "plan.json", plan.to_dict())
-        ratio = config.ratio if config.ratio is not None else plan.ratio
-        if ratio is None:
-            raise MucraspError(plan.message)
-        _step(steps, "plan", "done", plan.message if config.ratio is None else f"{plan.message}; --ratio {ratio:g} overrides it")
+def score_step(ctx: DeployContext) -> None:
+    """Score once per (model, calibration, method, options, version); later runs reuse the cached file."""
+    from mucrasp.scoring import get_method
+    from mucrasp.scoring.options import resolved_options
+    from mucrasp.scoring.score_cache import cached_scores_path
+    from mucrasp.scoring.score_job import ScoreConfig, score_model
 
-        if ratio == 0:
-            shutil.copytree(model, staging / "model", ignore=shutil.ignore_patterns(".*"))
-            write_json_atomic(staging / MANIFEST_NAME, {"ratio": 0.0, "method": None, "note": plan.message})
-            _step(steps, "score", "skipped", "ratio 0: nothing to prune")
-            _step(steps, "prune", "skipped", "ratio 0: the model was copied unpruned")
-        else:
-            method, scores = _scores(config, model, calibration, cache_dir, steps, progress)
-            pruned = prune(PruneConfig(model=Path(model), out=staging / "model", ratio=ratio, method=method,
-                                       scores=scores, calibration=calibration if scores is None else None), progress=progress)
-            shutil.copy2(pruned.out / MANIFEST_NAME, staging / MANIFEST_NAME)
-            _step(steps, "prune", "done", f"{method} at ratio {ratio:g}, achieved {pruned.outcome.ratio_achieved:.3f}")
-        smoke = _export_and_smoke(config, staging, model, calibration, cache_dir, steps, progress)
-        report = _report(config, model, plan, ratio, steps)
-        report["smoke"] = smoke
-        report["complete"] = bool(smoke and smoke["passed"])
-        write_json_atomic(staging / "report.json", report)
-    return DeployReport(out=out, plan=plan, steps=steps, remaining=list(REMAINING), smoke=smoke)
+    if ctx.ratio == 0:
+        ctx.record("score", "skipped", "ratio 0: nothing to prune")
+        return
+    method = get_method(ctx.config.method)
+    if method.needs_calibration and ctx.calibration is None:
+        ctx.method = "magnitude"
+        ctx.record("score", "fallback", f"{method.name} needs --calib; scored by magnitude instead")
+        return
+    ctx.method = method.name
+    options = resolved_options(method.config_class, {}, method.name)
+    path = cached_scores_path(
+        ctx.cache_dir, ctx.model_dir, ctx.calibration, method.name, options, {"max_seq_len": ctx.config.max_seq_len}
+    )
+    ctx.scores = path
+    if path.is_file():
+        ctx.record("score", "cached", f"{method.name} scores reused from {path}")
+        return
+    score_model(
+        ScoreConfig(
+            model=ctx.model_dir,
+            out=path,
+            calibration=ctx.calibration,
+            method=method.name,
+            max_seq_len=ctx.config.max_seq_len,
+        ),
+        progress=ctx.progress,
+        loaded=ctx.load_dense(),
+    )
+    ctx.record("score", "done", f"{method.name} scores written to {path}")
 
 
-def _export_and_smoke(config: DeployConfig, staging: Path, dense: Path, calibration: Path | None, cache_dir: Path,
-                      steps: list[dict[str, str]], progress) -> dict[str, Any] | None:
-    """Export `<staging>/model` for the target, store a spot-check set with it, and smoke-test it there."""
-    import os
+def prune_step(ctx: DeployContext) -> None:
+    """Prune into `<folder>/model` (its manifest written once, there); `<folder>/pruning.json` is a link to it."""
+    import shutil
 
-    from mucrasp.serve import SmokeConfig, run_smoke, write_spot_check
+    from mucrasp.atomic_io import write_json_atomic
 
-    model_dir = staging / "model"
-    if not (model_dir / MANIFEST_NAME).is_file():  # ratio 0: the copied model has no manifest of its own
-        shutil.copy2(staging / MANIFEST_NAME, model_dir / MANIFEST_NAME)
-    progress("export", 0, 1)
-    if config.target == "vllm":
+    model_dir = ctx.folder / "model"
+    if ctx.ratio == 0:
+        shutil.copytree(ctx.model_dir, model_dir, ignore=shutil.ignore_patterns(".*", MANIFEST_NAME))
+        write_json_atomic(model_dir / MANIFEST_NAME, {"ratio": 0.0, "method": None, "note": ctx.plan.message})
+        ctx.record("prune", "skipped", "ratio 0: the model was copied unpruned")
+    else:
+        from mucrasp.pruning import PruneConfig, prune_loaded
+        from mucrasp.scoring.scores_file import load_scores
+
+        config = PruneConfig(
+            model=ctx.model_dir,
+            out=model_dir,
+            ratio=ctx.ratio,
+            method=ctx.method,
+            scores=ctx.scores,
+            calibration=None,
+            max_seq_len=ctx.config.max_seq_len,
+        )
+        scores, stored = load_scores(ctx.scores) if ctx.scores is not None else (None, None)
+        pruned = prune_loaded(config, ctx.load_dense(), ctx.progress, scores=scores, stored=stored)
+        ctx.loaded = None  # sliced in place: no longer the dense model
+        ctx.record(
+            "prune", "done", f"{ctx.method} at ratio {ctx.ratio:g}, achieved {pruned.outcome.ratio_achieved:.3f}"
+        )
+    _link(model_dir / MANIFEST_NAME, ctx.folder / MANIFEST_NAME)
+
+
+def _link(source: Path, link: Path) -> None:
+    """The deployment folder's pruning.json is the model's own file (a hard link), not a copy."""
+    try:
+        os.link(source, link)
+    except OSError:  # a filesystem without hard links
+        link.symlink_to(os.path.relpath(source, link.parent))
+
+
+def export_step(ctx: DeployContext) -> None:
+    model_dir, export_dir = ctx.folder / "model", ctx.folder / "export"
+    ctx.progress("export", 0, 1)
+    if ctx.config.target == "vllm":
         from mucrasp.export.vllm_checkpoint import export_vllm
 
-        exported = export_vllm(model_dir, staging / "export")
-        _step(steps, "export", "done", f"vLLM checkpoint ({exported.architecture}) in export/")
+        # No README.md yet: the card step writes it once, with the smoke test's (and eval's) figures.
+        exported = export_vllm(model_dir, export_dir, write_card=False)
+        ctx.exported = exported
+        ctx.record("export", "done", f"vLLM checkpoint ({exported.architecture}) in export/")
     else:
         from mucrasp.export.onnx_export import export_onnx
 
-        exported = export_onnx(model_dir, staging / "export")
-        _step(steps, "export", "done", f"ONNX graphs ({', '.join(exported.graphs)}) in export/")
-    progress("export", 1, 1)
-    spot_note = _store_spot_check(config, staging / "export", dense, calibration, cache_dir, write_spot_check)
-    backend = config.smoke_backend or os.environ.get(SMOKE_BACKEND_ENV) or config.target
-    # transformers cannot run ONNX graphs: it checks the checkpoint the graphs were traced from.
-    smoke_dir = model_dir if (backend, config.target) == ("transformers", "onnx") else staging / "export"
-    spot_data = staging / "export" / "spot_check.jsonl"
-    progress("smoke", 0, 1)
-    try:
-        result = run_smoke(SmokeConfig(smoke_dir, backend=backend, requests=config.smoke_requests,
-                                       processor_dir=model_dir, profile=config.profile, report=staging / "smoke.json",
-                                       log_dir=staging, data=spot_data if spot_data.is_file() else None))
-    except MucraspError as exc:
-        _step(steps, "smoke", "failed", f"{backend}: {str(exc).replace(str(staging), str(config_out(staging)))}")
-        return None
-    progress("smoke", 1, 1)
-    # The report was written in the staging folder; name the paths where they will be.
-    data = json.loads(json.dumps(result.data).replace(str(staging.resolve()), str(config_out(staging).resolve())))
-    write_json_atomic(staging / "smoke.json", data)
-    t, m = result.data["throughput"], result.data["memory"]
-    spot = result.data["spot_check"]
-    spot_text = f"spot-check {spot['kind']} {spot['score']:.2f}" if "score" in spot else "no spot-check"
-    summary = f"{backend}: {t['tokens_per_s']:.1f} tokens/s, {m['peak_gb']:.2f} GB {m['kind']}, {spot_text} ({spot_note})"
-    if result.failures:
-        summary += "; FAILED " + "; ".join(result.failures)
-    _step(steps, "smoke", "passed" if result.passed else "failed", summary)
-    return data
+        exported = export_onnx(model_dir, export_dir)
+        ctx.record("export", "done", f"ONNX graphs ({', '.join(exported.graphs)}) in export/")
+    ctx.progress("export", 1, 1)
 
 
-def config_out(staging: Path) -> Path:
-    """The deployment folder a staging folder becomes (see atomic_directory: `.<name>.partial-XXXX`)."""
-    return staging.parent / staging.name[1:].rsplit(".partial-", 1)[0]
-
-
-def _store_spot_check(config: DeployConfig, export_dir: Path, dense: Path, calibration: Path | None, cache_dir: Path,
-                      write_spot_check) -> str:
+def spot_check_step(ctx: DeployContext) -> None:
     """The demo: its held-out test split (exact answers). Others: the dense model's answers to calibration prompts."""
     from mucrasp.calibration.records import load_records
+    from mucrasp.serve import write_spot_check
 
-    if config.model is None:
+    export_dir = ctx.folder / "export"
+    if ctx.config.model is None:
         from mucrasp.demo.bundled import ensure_demo_data
 
-        test = ensure_demo_data(cache_dir / "demo-data")["test"]
+        test = ensure_demo_data(ctx.cache_dir / "demo-data")["test"]
         write_spot_check(export_dir, load_records(test, SPOT_CHECK_RECORDS), "accuracy", f"demo test split {test}")
-        return "demo test split"
-    if calibration is None:
-        return "no calibration prompts to ask"
+        ctx.spot_note = "demo test split"
+        return
+    if ctx.calibration is None:
+        ctx.spot_note = "no calibration prompts to ask"
+        return
     from mucrasp.serve.spot_check import dense_answers
 
     try:
-        records = dense_answers(dense, load_records(calibration, SPOT_CHECK_RECORDS))
+        records = dense_answers(ctx.model_dir, load_records(ctx.calibration, SPOT_CHECK_RECORDS))
     except MucraspError as exc:
-        return f"no spot-check: {exc}"
-    write_spot_check(export_dir, records, "agreement", f"dense answers to calibration prompts of {calibration}")
-    return "agreement with the dense model on calibration prompts (not held out)"
+        ctx.spot_note = f"no spot-check: {exc}"
+        return
+    write_spot_check(export_dir, records, "agreement", f"dense answers to calibration prompts of {ctx.calibration}")
+    ctx.spot_note = "agreement with the dense model on calibration prompts (not held out)"
 
 
-def _model_and_calibration(config: DeployConfig, cache_dir: Path, steps: list[dict[str, str]]) -> tuple[Path, Path | None]:
+def _planned(ctx: DeployContext) -> Planned:
+    """The plan's figures for the ratio actually pruned at, and whether its target is checked here."""
+    from mucrasp.serve.config import Planned
+    from mucrasp.serve.memory import gpu_available
+
+    w, c = ctx.config.workload, ctx.config
+    row = next((r for r in ctx.plan.rows if abs(r.ratio - ctx.ratio) < 1e-9), None)
+    enforced = bool(w.target_tokens_per_s) and (c.enforce_target if c.enforce_target is not None else gpu_available())
+    note = ""
+    if w.target_tokens_per_s and not enforced:
+        note = (
+            NOT_ENFORCED
+            if c.enforce_target is False
+            else f"measured on a host without a GPU; the target is the planner's figure for {ctx.profile.name} "
+            "(--enforce-target checks it here anyway)"
+        )
+    return Planned(
+        profile=ctx.profile.name,
+        ratio=ctx.ratio,
+        max_model_len=w.max_model_len,
+        concurrency=w.concurrency,
+        target_tokens_per_s=w.target_tokens_per_s,
+        tokens_per_s=row.decode_tokens_per_s if row else None,
+        memory_gb=row.total_gb if row else None,
+        budget_gb=ctx.profile.budget_bytes / 1e9,
+        enforced=enforced,
+        note=note,
+    )
+
+
+def smoke_step(ctx: DeployContext) -> None:
+    """Smoke-test the export where it now lies, at the plan's context and concurrency, its target tokens/s
+    a threshold (see `DeployConfig.enforce_target`); smoke.json is written once, by run_smoke."""
+    from mucrasp.serve import SmokeConfig, Thresholds, run_smoke
+
+    folder, c, w = ctx.folder, ctx.config, ctx.config.workload
+    backend = c.smoke_backend or os.environ.get(SMOKE_BACKEND_ENV) or c.target
+    # transformers cannot run ONNX graphs: it checks the checkpoint the graphs were traced from.
+    smoke_dir = folder / "model" if (backend, c.target) == ("transformers", "onnx") else folder / "export"
+    spot_data = folder / "export" / "spot_check.jsonl"
+    planned = _planned(ctx)
+    ctx.progress("smoke", 0, 1)
+    try:
+        result = run_smoke(
+            SmokeConfig(
+                smoke_dir,
+                backend=backend,
+                # at least one request per planned sequence, so all of them are in flight at once
+                requests=max(c.smoke_requests, w.concurrency),
+                concurrency=w.concurrency,
+                max_model_len=w.max_model_len,
+                thresholds=Thresholds(min_tokens_per_s=w.target_tokens_per_s if planned.enforced else None),
+                processor_dir=folder / "model",
+                profile=ctx.profile,
+                report=folder / "smoke.json",
+                log_dir=folder,
+                data=spot_data if spot_data.is_file() else None,
+                planned=planned,
+            )
+        )
+    except MucraspError as exc:
+        ctx.record("smoke", "failed", f"{backend}: {exc}")
+        return
+    ctx.progress("smoke", 1, 1)
+    ctx.smoke = result.data
+    ctx.record("smoke", "passed" if result.passed else "failed", smoke_summary(result.data, backend, ctx.spot_note))
+
+
+def smoke_summary(data: dict[str, Any], backend: str, spot_note: str = "") -> str:
+    """One line: measured, with the plan's figure next to each."""
+    m, spot = data["memory"], data["spot_check"]
+    p = data.get("planned_vs_measured") or {}
+    tps, mem = p.get("tokens_per_s", {}), p.get("memory_gb", {})
+    ctx_len, conc = p.get("max_model_len", {}), p.get("concurrency", {})
+
+    def planned(value: Any, unit: str = "") -> str:
+        if value is None:
+            return "-"
+        return f"{value:,.0f}{unit}" if value >= 1000 else f"{value:.4g}{unit}"
+
+    target = ""
+    if tps.get("target"):
+        why = "--no-enforce-target" if tps["note"] == NOT_ENFORCED else "no GPU here"
+        target = f", target {tps['target']:g} {'checked' if tps['enforced'] else f'not checked ({why})'}"
+    parts = [
+        f"{backend}: {data['throughput']['tokens_per_s']:.1f} tokens/s (planned {planned(tps.get('planned'))}{target})",
+        f"{m['peak_gb']:.2f} GB {m['kind']} (planned {planned(mem.get('planned'), ' GB')}, "
+        f"limit {planned(mem.get('limit'), ' GB')})",
+    ]
+    if ctx_len:
+        capped = " (capped at the model's positions)" if ctx_len["served"] < ctx_len["planned"] else ""
+        parts.append(f"context {ctx_len['served']} of planned {ctx_len['planned']}{capped}")
+        parts.append(f"concurrency {conc['served']} of planned {conc['planned']}")
+    spot_text = f"spot-check {spot['kind']} {spot['score']:.2f}" if "score" in spot else "no spot-check"
+    parts.append(f"{spot_text} ({spot_note})" if spot_note else spot_text)
+    summary = ", ".join(parts)
+    if data["failures"]:
+        summary += "; FAILED " + "; ".join(data["failures"])
+    return summary
+
+
+def eval_step(ctx: DeployContext) -> None:
+    """With `eval_data`: the pruned model against the dense one (`mucrasp-deploy eval`), into eval.json."""
+    c = ctx.config
+    if c.eval_data is None:
+        return
+    from mucrasp.evaluation.evaluate import EvalConfig, evaluate
+
+    ctx.progress("eval", 0, 1)
+    try:
+        ctx.eval_report = evaluate(
+            EvalConfig(
+                pruned=ctx.folder / "model",
+                dense=ctx.model_dir,
+                data=c.eval_data,
+                limit=c.eval_limit,
+                ground_truth=c.eval_ground_truth,
+                max_new_tokens=c.eval_max_new_tokens,
+                out=ctx.folder / "eval.json",
+            ),
+            ctx.progress,
+        )
+    except MucraspError as exc:
+        ctx.record("eval", "failed", str(exc))
+        return
+    ctx.progress("eval", 1, 1)
+    r = ctx.eval_report
+    shown = ", ".join(f"{k} {r[k]:.3f}" for k in ("accuracy", "dense_accuracy", "agreement", "cot_kl") if k in r)
+    ctx.record("eval", "done", f"{shown} on {r['items']} items of {c.eval_data} (eval.json)")
+
+
+def card_step(ctx: DeployContext) -> None:
+    """The vLLM export's model card, written once, with the smoke test's and the eval's figures."""
+    from mucrasp.atomic_io import write_text_atomic
+
+    if ctx.exported is None or ctx.exported.card is None:
+        ctx.record("card", "skipped", "the ONNX export has no model card; see smoke.json and report.json")
+        return
+    write_text_atomic(ctx.folder / "export" / "README.md", ctx.exported.card(ctx.eval_report, ctx.smoke))
+    measured = " and ".join(n for n, v in (("smoke", ctx.smoke), ("eval", ctx.eval_report)) if v) or "no"
+    ctx.record("card", "done", f"export/README.md with {measured} results")
+
+
+def report_step(ctx: DeployContext) -> None:
+    from mucrasp.atomic_io import write_json_atomic
+
+    write_json_atomic(
+        ctx.folder / "report.json",
+        {
+            "format_version": 1,
+            "tool": f"mucrasp-deploy {mucrasp.__version__}",
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": "demo" if ctx.config.model is None else str(ctx.model_dir.resolve()),
+            "profile": ctx.plan.profile,
+            "target": ctx.config.target,
+            "ratio": ctx.ratio,
+            "planned_ratio": ctx.plan.ratio,
+            "steps": ctx.steps,
+            "planned_vs_measured": (ctx.smoke or {}).get("planned_vs_measured"),
+            "smoke": ctx.smoke,
+            "eval": ctx.eval_report,
+            "complete": bool(ctx.smoke and ctx.smoke["passed"]) and all(s["status"] != "failed" for s in ctx.steps),
+        },
+    )
+
+
+Step = Callable[[DeployContext], None]
+#: Run in the staging folder; it becomes the deployment folder when they are done.
+BUILD_STEPS: list[Step] = [plan_step, score_step, prune_step, export_step, spot_check_step]
+#: Run in the deployment folder.
+CHECK_STEPS: list[Step] = [smoke_step, eval_step, card_step, report_step]
+
+
+def run_chain(config: DeployConfig, progress: Callable[[str, int, int], None] = _no_progress) -> DeployReport:
+    from mucrasp.atomic_io import atomic_directory, check_output_dir
+    from mucrasp.planning.profiles import load_profile
+    from mucrasp.scoring import get_method
+    from mucrasp.scoring.score_cache import default_cache_dir
+
+    profile = load_profile(config.profile)
+    get_method(config.method)  # a bad name fails before anything is read
+    out = Path(config.out or f"deploy-{profile.name}")
+    if config.eval_data is not None and not Path(config.eval_data).is_file():
+        raise MucraspError(f"eval data {config.eval_data} does not exist")
+    check_output_dir(out, config.overwrite, inputs=(config.model, config.calibration, config.eval_data))
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    ctx = DeployContext(config, out, profile, cache_dir, *_model_and_calibration(config, cache_dir), progress=progress)
+    if config.model is None:
+        source = f"--calib {config.calibration}" if config.calibration else "its calibration split"
+        ctx.record("model", "done", f"no --model: the bundled demo VLM ({ctx.model_dir}), calibrated on {source}")
+    with atomic_directory(out, overwrite=config.overwrite) as staging:
+        ctx.staging = staging
+        for step in BUILD_STEPS:
+            step(ctx)
+    ctx.staging = None
+    try:
+        for step in CHECK_STEPS:
+            step(ctx)
+    except KeyboardInterrupt:
+        # Ctrl-C before report.json: the deployment is incomplete, so it is removed (the CLI then
+        # says nothing was written); a failed step, by contrast, keeps the folder for inspection.
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return DeployReport(out=out, plan=ctx.plan, steps=ctx.steps, smoke=ctx.smoke)
+
+
+def _model_and_calibration(config: DeployConfig, cache_dir: Path) -> tuple[Path, Path | None]:
     if config.model is not None:
         return Path(config.model), config.calibration
     from mucrasp.demo.bundled import bundled_demo_model, ensure_demo_data
 
-    model = bundled_demo_model()
     calibration = config.calibration or ensure_demo_data(cache_dir / "demo-data")["calibration"]
-    source = f"--calib {config.calibration}" if config.calibration else "its calibration split"
-    _step(steps, "model", "done", f"no --model: the bundled demo VLM ({model}), calibrated on {source}")
-    return model, calibration
-
-
-def _scores(config: DeployConfig, model: Path, calibration: Path | None, cache_dir: Path, steps, progress) -> tuple[str, Path | None]:
-    """Score once per (model, calibration, method); later runs reuse the cached file."""
-    method = config.method
-    if get_method(method).needs_calibration and calibration is None:
-        _step(steps, "score", "fallback", f"{method} needs --calib; scored by magnitude instead")
-        return "magnitude", None
-    path = cached_scores_path(cache_dir, model, calibration, method, {})
-    if path.is_file():
-        _step(steps, "score", "cached", f"{method} scores reused from {path}")
-        return method, path
-    score_model(ScoreConfig(model=model, out=path, calibration=calibration, method=method), progress=progress)
-    _step(steps, "score", "done", f"{method} scores written to {path}")
-    return method, path
-
-
-def _report(config: DeployConfig, model: Path, plan: Plan, ratio: float, steps: list[dict[str, str]]) -> dict[str, Any]:
-    return {
-        "format_version": 1,
-        "tool": f"mucrasp-deploy {mucrasp.__version__}",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": "demo" if config.model is None else str(Path(model).resolve()),
-        "profile": plan.profile,
-        "target": config.target,
-        "ratio": ratio,
-        "planned_ratio": plan.ratio,
-        "steps": steps,
-        "remaining": REMAINING,
-        "complete": False,
-    }
+    return bundled_demo_model(), calibration

@@ -8,8 +8,9 @@ accepts no smaller head, so the same configs serve the export and serving tests.
 from __future__ import annotations
 
 import torch
-import transformers
 from transformers import PretrainedConfig, PreTrainedModel
+
+from mucrasp.adapters import get_adapter
 
 VOCAB_SIZE = 512
 # Special ids of the Qwen-VL families, placed at the top of the small vocabulary.
@@ -38,16 +39,12 @@ _TEXT = dict(
 
 
 def tiny_config(architecture: str, **text_overrides) -> PretrainedConfig:
-    """A config of `architecture` small enough to build and run in a test."""
-    text = {**_TEXT, **text_overrides}
-    if architecture == "LlamaForCausalLM":
-        return transformers.LlamaConfig(architectures=[architecture], **text)
-    if architecture == "Qwen2ForCausalLM":
-        return transformers.Qwen2Config(architectures=[architecture], **text)
-    text.pop("head_dim")  # the Qwen-VL text attention derives it from hidden_size / heads
-    head_dim = text["hidden_size"] // text["num_attention_heads"]
-    rope = {"rope_type": "default", "mrope_section": _mrope_section(head_dim), "rope_theta": 10000.0}
-    ids = dict(
+    """A config of `architecture` small enough to build and run in a test (its adapter builds it)."""
+    return get_adapter(architecture).tiny_config({**_TEXT, **text_overrides})
+
+
+def qwen_vl_special_ids() -> dict[str, int]:
+    return dict(
         bos_token_id=1,
         eos_token_id=2,
         image_token_id=IMAGE_TOKEN_ID,
@@ -55,27 +52,10 @@ def tiny_config(architecture: str, **text_overrides) -> PretrainedConfig:
         vision_start_token_id=VISION_START_TOKEN_ID,
         vision_end_token_id=VISION_END_TOKEN_ID,
     )
-    if architecture == "Qwen2_5_VLForConditionalGeneration":
-        vision = dict(
-            depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=text["hidden_size"],
-            patch_size=PATCH_SIZE, spatial_merge_size=SPATIAL_MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE,
-            window_size=56, fullatt_block_indexes=[1],
-        )
-        return transformers.Qwen2_5_VLConfig(
-            architectures=[architecture], text_config={**text, "rope_parameters": rope}, vision_config=vision, **ids
-        )
-    if architecture == "Qwen2VLForConditionalGeneration":
-        vision = dict(
-            depth=2, embed_dim=64, hidden_size=text["hidden_size"], mlp_ratio=2, num_heads=2,
-            patch_size=PATCH_SIZE, spatial_merge_size=SPATIAL_MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE,
-        )
-        return transformers.Qwen2VLConfig(
-            architectures=[architecture], text_config={**text, "rope_parameters": rope}, vision_config=vision, **ids
-        )
-    raise ValueError(f"no tiny config for {architecture}")
 
 
-def _mrope_section(head_dim: int) -> list[int]:
+def mrope_section(head_dim: int) -> list[int]:
+    """(temporal, height, width) rotary sections summing to head_dim / 2, as vLLM requires."""
     half = head_dim // 2
     temporal = half // 4
     rest = half - temporal
@@ -86,7 +66,7 @@ def build_tiny_model(architecture: str, seed: int = 0, **text_overrides) -> PreT
     """A randomly initialised fp32 model in eval mode, deterministic for a given seed."""
     config = tiny_config(architecture, **text_overrides)
     torch.manual_seed(seed)
-    model = getattr(transformers, architecture)(config)
+    model = get_adapter(architecture).model_class()(config)
     # The default init is tiny; larger weights make masked-vs-sliced comparisons meaningful.
     with torch.no_grad():
         for param in model.parameters():

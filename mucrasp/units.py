@@ -39,10 +39,7 @@ class KeepPlan:
     layers: list[LayerKeep] = field(default_factory=list)
 
     def widths(self) -> list[dict[str, int]]:
-        return [
-            {"mlp_channels": len(layer.mlp_channels), "kv_groups": len(layer.attn_groups)}
-            for layer in self.layers
-        ]
+        return [{"mlp_channels": len(layer.mlp_channels), "kv_groups": len(layer.attn_groups)} for layer in self.layers]
 
     def is_uniform(self) -> bool:
         return len({(w["mlp_channels"], w["kv_groups"]) for w in self.widths()}) <= 1

@@ -1,8 +1,8 @@
 """Serving smoke tests on vLLM, ONNX Runtime and transformers (imported as mucrasp.serve).
 
-    from mucrasp.serve import SmokeConfig, Thresholds, run_smoke
-    report = run_smoke(SmokeConfig(export_dir=Path("served"), backend="vllm", thresholds=Thresholds(min_tokens_per_s=5)))
-    report.passed, report.failures, report.data["throughput"]["tokens_per_s"]
+from mucrasp.serve import SmokeConfig, Thresholds, run_smoke
+report = run_smoke(SmokeConfig(export_dir=Path("served"), backend="vllm", thresholds=Thresholds(min_tokens_per_s=5)))
+report.passed, report.failures, report.data["throughput"]["tokens_per_s"]
 """
 
 from mucrasp.serve.config import BACKENDS, SmokeConfig, Thresholds

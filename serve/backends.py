@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mucrasp.errors import MucraspError
-
 from mucrasp.serve.config import SmokeConfig
 from mucrasp.serve.memory import PeakGpu, PeakRss, gpu_available, wait_gone
 from mucrasp.serve.requests import ChatRequest, PhaseResult, RequestResult
@@ -56,8 +55,10 @@ def resolve_processor_dir(config: SmokeConfig) -> Path:
     for folder in candidates:
         if any((Path(folder) / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
             return Path(folder)
-    raise MucraspError(f"no tokenizer found for {config.export_dir} (looked in {', '.join(map(str, candidates))}); "
-                       "pass --tokenizer DIR")
+    raise MucraspError(
+        f"no tokenizer found for {config.export_dir} (looked in {', '.join(map(str, candidates))}); "
+        "pass --tokenizer DIR"
+    )
 
 
 def _timed(fn: Callable[[ChatRequest], RequestResult], requests: Sequence[ChatRequest]) -> PhaseResult:
@@ -86,13 +87,16 @@ def _prompt_inputs(processor, vision: bool, request: ChatRequest, image_size: in
     return text_prompt_inputs(getattr(processor, "tokenizer", processor), [request.prompt])
 
 
-def _stop_ids(tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
-    return [i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id]
+def _stop_ids(tokenizer, architecture: str) -> list[int]:
+    from mucrasp.adapters import get_adapter
+
+    return get_adapter(architecture).stop_token_ids(tokenizer)
 
 
 # ---- transformers: the reference -------------------------------------------------------------------
-def run_transformers(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None) -> BackendRun:
+def run_transformers(
+    config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None
+) -> BackendRun:
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -107,7 +111,7 @@ def run_transformers(config: SmokeConfig, load: Sequence[ChatRequest], spot: Seq
         model = _load(lambda: load_pruned(config.export_dir, dtype=None if cuda else torch.float32)).to(device)
         processor = load_processor(resolve_processor_dir(config), vision)
         tokenizer = getattr(processor, "tokenizer", processor)
-        stop = _stop_ids(tokenizer)
+        stop = _stop_ids(tokenizer, model.config.architectures[0])
 
         class Clock(LogitsProcessor):
             """Called once per new token, right after the forward pass that produced its logits."""
@@ -124,12 +128,17 @@ def run_transformers(config: SmokeConfig, load: Sequence[ChatRequest], spot: Seq
             inputs = {k: v.to(device) for k, v in _prompt_inputs(processor, vision, request).items()}
             clock = Clock()
             start = time.perf_counter()
-            out = model.generate(**inputs, max_new_tokens=request.max_tokens, do_sample=False, eos_token_id=stop,
-                                 pad_token_id=tokenizer.pad_token_id or stop[0],
-                                 min_new_tokens=request.max_tokens if request.ignore_eos else None,
-                                 logits_processor=LogitsProcessorList([clock]))
+            out = model.generate(
+                **inputs,
+                max_new_tokens=request.max_tokens,
+                do_sample=False,
+                eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id or stop[0],
+                min_new_tokens=request.max_tokens if request.ignore_eos else None,
+                logits_processor=LogitsProcessorList([clock]),
+            )
             end = time.perf_counter()
-            new = out[0, inputs["input_ids"].shape[1]:]
+            new = out[0, inputs["input_ids"].shape[1] :]
             text = tokenizer.decode(new, skip_special_tokens=True).strip()
             return RequestResult(text, int(new.shape[0]), (clock.times or [end])[0] - start, end - start)
 
@@ -140,8 +149,14 @@ def run_transformers(config: SmokeConfig, load: Sequence[ChatRequest], spot: Seq
         spot_texts = [r.text for r in _timed(one, spot).results]
         cot_kl = _cot_kl(model, config, spot_records, vision, device) if config.dense and spot_records else None
     memory = torch.cuda.max_memory_allocated() if cuda else peak.bytes
-    return BackendRun(load_phase, spot_texts, memory, "gpu" if cuda else "rss",
-                      {"device": device, "dtype": str(next(model.parameters()).dtype)}, cot_kl)
+    return BackendRun(
+        load_phase,
+        spot_texts,
+        memory,
+        "gpu" if cuda else "rss",
+        {"device": device, "dtype": str(next(model.parameters()).dtype)},
+        cot_kl,
+    )
 
 
 def _load(fn):
@@ -150,7 +165,9 @@ def _load(fn):
     except MucraspError:
         raise
     except Exception as exc:  # a broken folder fails in many ways inside transformers
-        raise MucraspError(f"the model failed to load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise MucraspError(
+            f"the model failed to load: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
 
 
 def _cot_kl(pruned, config: SmokeConfig, records, vision: bool, device: str) -> float:
@@ -178,7 +195,9 @@ def onnx_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def run_onnx(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None) -> BackendRun:
+def run_onnx(
+    config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None
+) -> BackendRun:
     from mucrasp.calibration.batches import load_processor
     from mucrasp.export.onnx_manifest import read_onnx_manifest
     from mucrasp.export.onnx_runtime import OnnxGenerator
@@ -194,7 +213,7 @@ def run_onnx(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[Ch
         generator = _load(lambda: OnnxGenerator(config.export_dir, providers=providers))
         processor = load_processor(resolve_processor_dir(config), vision)
         tokenizer = getattr(processor, "tokenizer", processor)
-        stop = _stop_ids(tokenizer)
+        stop = _stop_ids(tokenizer, manifest["architecture"])
         step = generator.step
         times: list[float] = []
 
@@ -210,9 +229,12 @@ def run_onnx(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[Ch
             times.clear()
             start = time.perf_counter()
             result = generator.generate(
-                inputs["input_ids"].numpy(), pixel_values=_np(inputs.get("pixel_values")),
-                image_grid_thw=_np(inputs.get("image_grid_thw")), max_new_tokens=request.max_tokens,
-                eos_token_id=stop, stop_at_eos=not request.ignore_eos,
+                inputs["input_ids"].numpy(),
+                pixel_values=_np(inputs.get("pixel_values")),
+                image_grid_thw=_np(inputs.get("image_grid_thw")),
+                max_new_tokens=request.max_tokens,
+                eos_token_id=stop,
+                stop_at_eos=not request.ignore_eos,
             )
             end = time.perf_counter()
             text = tokenizer.decode(result.tokens, skip_special_tokens=True).strip()
@@ -250,7 +272,9 @@ def _max_model_len(config: SmokeConfig) -> int:
     return min(config.max_model_len, int(limit)) if limit else config.max_model_len
 
 
-def run_vllm_server(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None) -> BackendRun:
+def run_vllm_server(
+    config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None
+) -> BackendRun:
     from mucrasp.serve.http_load import ServerDied, run_requests
     from mucrasp.serve.vllm_server import VllmServer, failure_reason
 
@@ -258,10 +282,19 @@ def run_vllm_server(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequ
     vision = "vision_config" in model_config(config.export_dir)
     # The log goes where the report goes, and stays there only if the server fails.
     log_path = (Path(config.log_dir) if config.log_dir else config.report_path.parent) / "vllm-server.log"
-    server = VllmServer(config.export_dir, log_path, config.port, dtype=_vllm_dtype(config, gpu),
-                        max_model_len=_max_model_len(config), vision=vision, gpu=gpu,
-                        gpu_memory_utilization=_gpu_memory_utilization(config), kv_cache_gb=config.kv_cache_gb,
-                        max_num_seqs=max(config.concurrency, 1), startup_timeout_s=config.startup_timeout_s)
+    server = VllmServer(
+        config.export_dir,
+        log_path,
+        config.port,
+        dtype=_vllm_dtype(config, gpu),
+        max_model_len=_max_model_len(config),
+        vision=vision,
+        gpu=gpu,
+        gpu_memory_utilization=_gpu_memory_utilization(config),
+        kv_cache_gb=config.kv_cache_gb,
+        max_num_seqs=max(config.concurrency, 1),
+        startup_timeout_s=config.startup_timeout_s,
+    )
     failed = True
     try:
         server.start()
@@ -271,16 +304,24 @@ def run_vllm_server(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequ
             started = time.perf_counter()
             try:
                 run_requests(server.base_url, server.model_name, load[:1], 1, config.request_timeout_s, server.alive)
-                load_phase = run_requests(server.base_url, server.model_name, load, config.concurrency,
-                                          config.request_timeout_s, server.alive)
-                spot_phase = run_requests(server.base_url, server.model_name, spot, config.concurrency,
-                                          config.request_timeout_s, server.alive)
+                load_phase = run_requests(
+                    server.base_url, server.model_name, load, config.concurrency, config.request_timeout_s, server.alive
+                )
+                spot_phase = run_requests(
+                    server.base_url, server.model_name, spot, config.concurrency, config.request_timeout_s, server.alive
+                )
             except ServerDied:
-                raise MucraspError(f"the vLLM server died mid-run (exit code {server.process.poll()}): "
-                                   f"{failure_reason(log_path)} (full log: {log_path})") from None
+                raise MucraspError(
+                    f"the vLLM server died mid-run (exit code {server.process.poll()}): "
+                    f"{failure_reason(log_path)} (full log: {log_path})"
+                ) from None
         failed = False
-        details = {"port": server.port, "server_pids": sorted(server.pids), "ready_after_s": round(server.ready_after_s or 0, 1),
-                   "requests_s": round(time.perf_counter() - started, 2)}
+        details = {
+            "port": server.port,
+            "server_pids": sorted(server.pids),
+            "ready_after_s": round(server.ready_after_s or 0, 1),
+            "requests_s": round(time.perf_counter() - started, 2),
+        }
     finally:
         server.stop()
         if not failed:
@@ -294,7 +335,9 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copy2(src, dst)
 
 
-def run_vllm_offline(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None) -> BackendRun:
+def run_vllm_offline(
+    config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None
+) -> BackendRun:
     """vllm.LLM without a server, in a worker process: the engine's memory is measurable and goes away."""
     gpu = gpu_available()
     vision = "vision_config" in model_config(config.export_dir)
@@ -302,27 +345,49 @@ def run_vllm_offline(config: SmokeConfig, load: Sequence[ChatRequest], spot: Seq
         request = Path(tmp) / "request.json"
         result = Path(tmp) / "result.json"
         log = Path(tmp) / "worker.log"
-        request.write_text(json.dumps({
-            "model": str(config.export_dir), "dtype": _vllm_dtype(config, gpu), "max_model_len": _max_model_len(config),
-            "vision": vision, "gpu": gpu, "gpu_memory_utilization": _gpu_memory_utilization(config),
-            "load": [_request_dict(r) for r in load], "spot": [_request_dict(r) for r in spot], "result": str(result),
-        }))
-        env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": f"{config.kv_cache_gb:g}",
-               "TOKENIZERS_PARALLELISM": "false"}
+        request.write_text(
+            json.dumps(
+                {
+                    "model": str(config.export_dir),
+                    "dtype": _vllm_dtype(config, gpu),
+                    "max_model_len": _max_model_len(config),
+                    "vision": vision,
+                    "gpu": gpu,
+                    "gpu_memory_utilization": _gpu_memory_utilization(config),
+                    "load": [_request_dict(r) for r in load],
+                    "spot": [_request_dict(r) for r in spot],
+                    "result": str(result),
+                }
+            )
+        )
+        env = {
+            **os.environ,
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "VLLM_CPU_KVCACHE_SPACE": f"{config.kv_cache_gb:g}",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
         with log.open("w") as handle:
-            process = subprocess.Popen([sys.executable, "-m", "mucrasp.serve.offline_worker", str(request)], env=env,
-                                       stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mucrasp.serve.offline_worker", str(request)],
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        from mucrasp.serve.vllm_server import stop_session_on_signals
+
         sampler = PeakGpu(process.pid) if gpu else PeakRss(process.pid)
-        try:
-            with sampler:
-                code = process.wait(timeout=config.startup_timeout_s + config.request_timeout_s)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, 9)
-                process.wait()
-            wait_gone({process.pid}, 5.0)
+        with stop_session_on_signals(process):  # a SIGTERM to us must not orphan the worker
+            try:
+                with sampler:
+                    code = process.wait(timeout=config.startup_timeout_s + config.request_timeout_s)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                if process.poll() is None:
+                    os.killpg(process.pid, 9)
+                    process.wait()
+                wait_gone({process.pid}, 5.0)
         if code != 0 or not result.is_file():
             from mucrasp.serve.vllm_server import failure_reason
 
@@ -336,11 +401,17 @@ def run_vllm_offline(config: SmokeConfig, load: Sequence[ChatRequest], spot: Seq
 
 
 def _request_dict(request: ChatRequest) -> dict:
-    return {"prompt": request.prompt, "image": str(request.image) if request.image else None,
-            "max_tokens": request.max_tokens, "ignore_eos": request.ignore_eos}
+    return {
+        "prompt": request.prompt,
+        "image": str(request.image) if request.image else None,
+        "max_tokens": request.max_tokens,
+        "ignore_eos": request.ignore_eos,
+    }
 
 
-def run_backend(config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None) -> BackendRun:
+def run_backend(
+    config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None
+) -> BackendRun:
     if config.backend == "vllm":
         runner = run_vllm_offline if config.offline else run_vllm_server
     else:

@@ -4,20 +4,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from mucrasp.errors import MucraspError
+
+if TYPE_CHECKING:
+    from mucrasp.planning.profiles import Profile
 
 BACKENDS = ("vllm", "onnx", "transformers")
 DEFAULT_PROMPT = "Describe what you see, step by step, then give the answer."
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class Thresholds:
-    """None: not checked. Memory is GPU memory on GPU hosts and peak RSS of the serving tree on CPU."""
+    """None: not checked. Memory is GPU memory on GPU hosts and peak RSS of the serving tree on CPU.
 
-    min_tokens_per_s: float | None = None
-    max_memory_gb: float | None = None
-    min_spot_check: float | None = None
+    A pydantic dataclass (positional arguments work): `min_spot_check` is a score within [0, 1].
+    Build it with `mucrasp.validation.validated` for a one-line error naming the field.
+    """
+
+    min_tokens_per_s: Optional[float] = Field(None, ge=0)
+    max_memory_gb: Optional[float] = Field(None, gt=0)
+    min_spot_check: Optional[float] = Field(None, ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What the deployment plan asked of this export, shown in the report next to what was measured.
+
+    The chain fills it from its plan (`mucrasp.deploy`); a standalone `smoke` run has none.
+    `tokens_per_s` is the planner's roofline estimate on the profile's hardware, `target_tokens_per_s`
+    the workload's target (0: none); `enforced` says whether the target is a pass/fail threshold of
+    this run, and `note` why not when it is not.
+    """
+
+    profile: str
+    ratio: float | None
+    max_model_len: int
+    concurrency: int
+    target_tokens_per_s: float
+    tokens_per_s: float | None  # the planner's estimate at the chosen ratio
+    memory_gb: float | None  # the planner's total at the chosen ratio (weights + KV + activations + reserve)
+    budget_gb: float | None  # the profile's memory × GPUs × utilisation
+    enforced: bool = False
+    note: str = ""
 
 
 @dataclass
@@ -34,7 +67,9 @@ class SmokeConfig:
     processor_dir: Path | None = None  # tokenizer/processor, when the export has none (ONNX)
     dense: Path | None = None  # dense model: CoT-token KL where the backend exposes logits
     thresholds: Thresholds = field(default_factory=Thresholds)
-    profile: str | Path | None = None  # gpu_memory_utilization and the default memory limit
+    # gpu_memory_utilization and the default memory limit: a name, a YAML path, or a loaded Profile
+    # (the deployment chain passes the one it loaded; `load_profile` returns a Profile as is).
+    profile: "str | Path | Profile | None" = None
     port: int | None = None  # None: a free port
     dtype: str = "auto"  # vllm --dtype; auto: float32 on CPU (no bf16 kernels assumed), the model's on GPU
     max_model_len: int = 2048
@@ -44,6 +79,7 @@ class SmokeConfig:
     prompt: str = DEFAULT_PROMPT
     report: Path | None = None  # None: <export_dir>/report.json
     log_dir: Path | None = None  # where a failed server's log is kept; None: next to the report
+    planned: Planned | None = None  # the chain's plan: reported next to the measured figures
 
     def validate(self) -> None:
         if self.backend not in BACKENDS:

@@ -17,7 +17,6 @@ from typing import Callable, Sequence
 import httpx
 
 from mucrasp.errors import MucraspError
-
 from mucrasp.serve.requests import ChatRequest, PhaseResult, RequestResult
 
 
@@ -34,8 +33,10 @@ def _image_url(path: Path) -> str:
 def chat_payload(model: str, request: ChatRequest) -> dict:
     content: list[dict] | str = request.prompt
     if request.image is not None:
-        content = [{"type": "image_url", "image_url": {"url": _image_url(request.image)}},
-                   {"type": "text", "text": request.prompt}]
+        content = [
+            {"type": "image_url", "image_url": {"url": _image_url(request.image)}},
+            {"type": "text", "text": request.prompt},
+        ]
     payload = {
         "model": model,
         "messages": [{"role": "user", "content": content}],
@@ -77,8 +78,14 @@ def _one(client: httpx.Client, url: str, model: str, request: ChatRequest) -> Re
     return RequestResult("".join(pieces), tokens, first - start, last - start)
 
 
-def run_requests(base_url: str, model: str, requests: Sequence[ChatRequest], concurrency: int, timeout_s: float,
-                 server_alive: Callable[[], bool]) -> PhaseResult:
+def run_requests(
+    base_url: str,
+    model: str,
+    requests: Sequence[ChatRequest],
+    concurrency: int,
+    timeout_s: float,
+    server_alive: Callable[[], bool],
+) -> PhaseResult:
     """Send every request, `concurrency` at a time; a dead server raises ServerDied at once."""
     url = f"{base_url}/v1/chat/completions"
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -93,7 +100,12 @@ def run_requests(base_url: str, model: str, requests: Sequence[ChatRequest], con
 
     with httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0), limits=limits) as client:
         start = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=concurrency)
+        try:
             results = list(pool.map(lambda r: send(client, r), requests))
+        finally:
+            # map() queued every request up front; on a dead server or a signal (SystemExit) the queued
+            # ones must not run out one by one before we can stop, so they are cancelled.
+            pool.shutdown(wait=True, cancel_futures=True)
         wall = time.perf_counter() - start
     return PhaseResult(results, wall)

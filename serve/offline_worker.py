@@ -21,7 +21,12 @@ def _messages(request: dict) -> list[dict]:
 
     with Image.open(request["image"]) as image:
         pil = image.convert("RGB")
-    return [{"role": "user", "content": [{"type": "image_pil", "image_pil": pil}, {"type": "text", "text": request["prompt"]}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image_pil", "image_pil": pil}, {"type": "text", "text": request["prompt"]}],
+        }
+    ]
 
 
 def main(path: str) -> None:
@@ -39,15 +44,24 @@ def main(path: str) -> None:
     llm = LLM(job["model"], **kwargs)
 
     def run(requests: list[dict]):
-        params = [SamplingParams(temperature=0.0, max_tokens=r["max_tokens"], ignore_eos=r["ignore_eos"]) for r in requests]
+        params = [
+            SamplingParams(temperature=0.0, max_tokens=r["max_tokens"], ignore_eos=r["ignore_eos"]) for r in requests
+        ]
         return llm.chat([_messages(r) for r in requests], params, use_tqdm=False)
 
     run(job["load"][:1])  # warm-up
     start = time.perf_counter()
     outputs = run(job["load"])
     wall = time.perf_counter() - start
-    load = [{"text": o.outputs[0].text, "output_tokens": len(o.outputs[0].token_ids), "ttft_s": float("nan"),
-             "latency_s": float("nan")} for o in outputs]
+    load = [
+        {
+            "text": o.outputs[0].text,
+            "output_tokens": len(o.outputs[0].token_ids),
+            "ttft_s": float("nan"),
+            "latency_s": float("nan"),
+        }
+        for o in outputs
+    ]
     spot = [o.outputs[0].text.strip() for o in run(job["spot"])] if job["spot"] else []
     Path(job["result"]).write_text(json.dumps({"load": load, "load_wall_s": wall, "spot": spot}))
 

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import mucrasp
-from mucrasp.atomic_io import write_json_atomic
+from mucrasp.atomic_io import check_writable, write_json_atomic
 from mucrasp.errors import MucraspError
-
 from mucrasp.serve.backends import BackendRun, model_config, run_backend
-from mucrasp.serve.config import SmokeConfig, Thresholds
+from mucrasp.serve.config import Planned, SmokeConfig, Thresholds
 from mucrasp.serve.requests import ChatRequest
 from mucrasp.serve.spot_check import SpotCheckSet, load_spot_check, score_answers
 from mucrasp.serve.stats import summarize
@@ -82,17 +81,87 @@ def _checks(thresholds: Thresholds, throughput: dict, memory_gb: float, spot_sco
     checks = []
     if thresholds.min_tokens_per_s is not None:
         value = throughput["tokens_per_s"]
-        checks.append(Check("tokens_per_s", value, thresholds.min_tokens_per_s, ">=", value >= thresholds.min_tokens_per_s))
+        checks.append(
+            Check("tokens_per_s", value, thresholds.min_tokens_per_s, ">=", value >= thresholds.min_tokens_per_s)
+        )
     if thresholds.max_memory_gb is not None:
-        checks.append(Check("peak_memory_gb", memory_gb, thresholds.max_memory_gb, "<=", memory_gb <= thresholds.max_memory_gb))
+        checks.append(
+            Check("peak_memory_gb", memory_gb, thresholds.max_memory_gb, "<=", memory_gb <= thresholds.max_memory_gb)
+        )
     if thresholds.min_spot_check is not None:
         ok = spot_score is not None and spot_score >= thresholds.min_spot_check
         checks.append(Check("spot_check", spot_score, thresholds.min_spot_check, ">=", ok))
     return checks
 
 
+def model_positions(export_dir: Path) -> int | None:
+    """The longest context the model was built for (max_position_embeddings), where its config says."""
+    try:
+        model = model_config(export_dir)
+    except MucraspError:  # an ONNX export: no config.json
+        return None
+    limit = model.get("text_config", model).get("max_position_embeddings") or model.get("max_position_embeddings")
+    return int(limit) if limit else None
+
+
+def _served_len(config: SmokeConfig, export_dir: Path) -> int:
+    positions = model_positions(export_dir)
+    return min(config.max_model_len, positions) if positions else config.max_model_len
+
+
+def planned_vs_measured(
+    planned: Planned,
+    config: SmokeConfig,
+    thresholds: Thresholds,
+    throughput: dict,
+    memory: dict,
+    positions: int | None,
+) -> dict[str, Any]:
+    """The plan's figures next to this run's: tokens/s, memory, context and concurrency."""
+    served_len = min(planned.max_model_len, positions) if positions else planned.max_model_len
+    context: dict[str, Any] = {"planned": planned.max_model_len, "served": served_len}
+    notes = []
+    if served_len < planned.max_model_len:
+        notes.append(
+            f"capped at the model's max_position_embeddings ({positions}): the planned context is longer "
+            "than the model supports"
+        )
+    if config.backend != "vllm":
+        notes.append(f"the {config.backend} backend takes no context limit (requests are prompt + max_tokens)")
+    if notes:
+        context["note"] = "; ".join(notes)
+    served_concurrency = min(config.concurrency if config.backend == "vllm" else 1, config.requests)
+    concurrency: dict[str, Any] = {"planned": planned.concurrency, "served": served_concurrency}
+    if served_concurrency < planned.concurrency:
+        concurrency["note"] = (
+            f"the {config.backend} backend runs batch 1"
+            if config.backend != "vllm"
+            else f"only {config.requests} requests were sent"
+        )
+    return {
+        "profile": planned.profile,
+        "ratio": planned.ratio,
+        "tokens_per_s": {
+            "planned": None if planned.tokens_per_s is None else round(planned.tokens_per_s, 1),
+            "target": planned.target_tokens_per_s or None,
+            "measured": round(throughput["tokens_per_s"], 3),
+            "enforced": planned.enforced,
+            "note": planned.note,
+        },
+        "memory_gb": {
+            "planned": None if planned.memory_gb is None else round(planned.memory_gb, 4),
+            "limit": thresholds.max_memory_gb,
+            "measured": memory["peak_gb"],
+            "kind": memory["kind"],
+        },
+        "max_model_len": context,
+        "concurrency": concurrency,
+    }
+
+
 def run_smoke(config: SmokeConfig) -> SmokeReport:
     config.validate()
+    check_writable(config.report_path)  # before any engine starts, not after the whole run
     export_dir = Path(config.export_dir)
     onnx = (export_dir / "manifest.json").is_file() and not (export_dir / "config.json").is_file()
     if config.backend == "onnx" and not onnx:
@@ -110,31 +179,52 @@ def run_smoke(config: SmokeConfig) -> SmokeReport:
 
     throughput = summarize(run.load)
     memory_gb = run.peak_memory_bytes / GB
-    spot_result: dict[str, Any] = score_answers(spot, run.spot) if spot else {
-        "skipped": "no spot-check set stored with the export (spot_check.jsonl) and no --data given"}
+    spot_result: dict[str, Any] = (
+        score_answers(spot, run.spot)
+        if spot
+        else {"skipped": "no spot-check set stored with the export (spot_check.jsonl) and no --data given"}
+    )
     spot_score = spot_result.get("score")
     checks = _checks(thresholds, throughput, memory_gb, spot_score)
     failures = [c.describe() for c in checks if not c.passed]
     if throughput["failed_requests"]:
-        failures.insert(0, f"requests: {throughput['failed_requests']} of {throughput['requests']} failed "
-                           f"({throughput['first_error']})")
+        failures.insert(
+            0,
+            f"requests: {throughput['failed_requests']} of {throughput['requests']} failed "
+            f"({throughput['first_error']})",
+        )
     if throughput["output_tokens"] == 0:
         failures.insert(0, "tokens_per_s: no output tokens at all")
 
+    memory = {
+        "peak_gb": round(memory_gb, 4),
+        "kind": run.memory_kind,
+        "what": "peak GPU memory" if run.memory_kind == "gpu" else "peak RSS of the serving process tree",
+    }
     data = {
         "format_version": 1,
         "tool": f"mucrasp-deploy {mucrasp.__version__}",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"name": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                 "processor": platform.processor() or None},
+        "host": {
+            "name": platform.node(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or None,
+        },
         "export_dir": str(export_dir.resolve()),
         "backend": config.backend + (" (offline)" if config.offline else ""),
         "vision": bool(vision),
-        "load": {"requests": config.requests, "concurrency": config.concurrency if config.backend == "vllm" else 1,
-                 "max_tokens": config.max_tokens, "prompt": config.prompt, "image": bool(load_image)},
+        "load": {
+            "requests": config.requests,
+            "concurrency": config.concurrency if config.backend == "vllm" else 1,
+            # as vLLM got it (--max-model-len, capped at the model's positions); the others take none
+            "max_model_len": _served_len(config, export_dir) if config.backend == "vllm" else None,
+            "max_tokens": config.max_tokens,
+            "prompt": config.prompt,
+            "image": bool(load_image),
+        },
         "throughput": throughput,
-        "memory": {"peak_gb": round(memory_gb, 4), "kind": run.memory_kind,
-                   "what": "peak GPU memory" if run.memory_kind == "gpu" else "peak RSS of the serving process tree"},
+        "memory": memory,
         "spot_check": spot_result,
         "cot_kl": run.cot_kl,
         "backend_details": run.details,
@@ -144,6 +234,10 @@ def run_smoke(config: SmokeConfig) -> SmokeReport:
         "passed": not failures,
         "failures": failures,
     }
+    if config.planned is not None:
+        data["planned_vs_measured"] = planned_vs_measured(
+            config.planned, config, thresholds, throughput, memory, None if onnx else model_positions(export_dir)
+        )
     write_json_atomic(config.report_path, data)
     return SmokeReport(path=config.report_path, data=data, checks=checks, failures=failures)
 

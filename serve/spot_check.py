@@ -34,8 +34,9 @@ class SpotCheckSet:
     source: str
 
 
-def write_spot_check(export_dir: str | Path, records: Sequence[CalibrationRecord], kind: str = "accuracy",
-                     source: str = "") -> Path:
+def write_spot_check(
+    export_dir: str | Path, records: Sequence[CalibrationRecord], kind: str = "accuracy", source: str = ""
+) -> Path:
     """Store `records` with the export (images copied in), so the smoke test needs nothing else."""
     if kind not in KINDS:
         raise MucraspError(f"unknown spot-check kind {kind!r} (choose from: {', '.join(KINDS)})")
@@ -57,7 +58,9 @@ def write_spot_check(export_dir: str | Path, records: Sequence[CalibrationRecord
     return export_dir / SPOT_CHECK_FILE
 
 
-def load_spot_check(export_dir: str | Path, data: str | Path | None = None, limit: int | None = None) -> SpotCheckSet | None:
+def load_spot_check(
+    export_dir: str | Path, data: str | Path | None = None, limit: int | None = None
+) -> SpotCheckSet | None:
     """The set given with --data, else the one stored with the export, else None."""
     if data is not None:
         path = Path(data)
@@ -74,7 +77,9 @@ def load_spot_check(export_dir: str | Path, data: str | Path | None = None, limi
     return SpotCheckSet(records=load_records(path, max_samples=limit), kind=kind, source=str(path))
 
 
-def dense_answers(dense_dir: str | Path, records: Sequence[CalibrationRecord], max_new_tokens: int = 128) -> list[CalibrationRecord]:
+def dense_answers(
+    dense_dir: str | Path, records: Sequence[CalibrationRecord], max_new_tokens: int = 128
+) -> list[CalibrationRecord]:
     """The same prompts with the dense model's greedy responses: an `agreement` set for any model."""
     from mucrasp.calibration.batches import load_processor
     from mucrasp.checkpoint import load_pruned
@@ -84,8 +89,12 @@ def dense_answers(dense_dir: str | Path, records: Sequence[CalibrationRecord], m
     _, adapter = read_model_config(dense_dir)
     model = load_pruned(dense_dir)
     processor = load_processor(dense_dir, adapter.is_vision_language)
-    responses = greedy_responses(model, processor, list(records), adapter.is_vision_language, max_new_tokens, batch_size=4)
-    return [CalibrationRecord(r.image, r.prompt, response or "(empty)", r.where) for r, response in zip(records, responses)]
+    responses = greedy_responses(
+        model, processor, list(records), adapter.is_vision_language, max_new_tokens, batch_size=4
+    )
+    return [
+        CalibrationRecord(r.image, r.prompt, response or "(empty)", r.where) for r, response in zip(records, responses)
+    ]
 
 
 def score_answers(spot: SpotCheckSet, responses: Sequence[str]) -> dict[str, Any]:

@@ -34,6 +34,10 @@ def summarize(phase: PhaseResult) -> dict[str, Any]:
         "ttft_p95_s": _pct([r.ttft_s for r in ok], 95),
         "latency_p50_s": _pct(latencies, 50),
         "latency_p95_s": _pct(latencies, 95),
-        "latency_mean_s": round(float(np.nanmean(latencies)), 4) if ok and not all(map(math.isnan, latencies)) else None,
-        "decode_tokens_per_s_per_stream": round(sum(r.output_tokens - 1 for r in timed) / decode_time, 3) if decode_time > 0 else None,
+        "latency_mean_s": round(float(np.nanmean(latencies)), 4)
+        if ok and not all(map(math.isnan, latencies))
+        else None,
+        "decode_tokens_per_s_per_stream": round(sum(r.output_tokens - 1 for r in timed) / decode_time, 3)
+        if decode_time > 0
+        else None,
     }

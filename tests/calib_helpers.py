@@ -39,16 +39,28 @@ def tiny_tokenizer():
     vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
     vocab.update({f"<|unused{i}|>": i for i in range(259, IMAGE_TOKEN_ID)})
     vocab.update({"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258})
-    vocab.update({
-        "<|image_pad|>": IMAGE_TOKEN_ID, "<|video_pad|>": VIDEO_TOKEN_ID,
-        "<|vision_start|>": VISION_START_TOKEN_ID, "<|vision_end|>": VISION_END_TOKEN_ID,
-    })
+    vocab.update(
+        {
+            "<|image_pad|>": IMAGE_TOKEN_ID,
+            "<|video_pad|>": VIDEO_TOKEN_ID,
+            "<|vision_start|>": VISION_START_TOKEN_ID,
+            "<|vision_end|>": VISION_END_TOKEN_ID,
+        }
+    )
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"],
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=[
+            "<|im_start|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+        ],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -65,7 +77,10 @@ def save_processor(model_dir: Path, vision: bool = True) -> None:
     # 56x56 px -> 4x4 patches of 14 -> 4 merged image tokens: cheap for the tiny vision tower.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=56 * 56)
     processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(), chat_template=CHAT_TEMPLATE
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
     )
     processor.save_pretrained(model_dir)
 
@@ -87,7 +102,11 @@ def write_calibration(folder: Path, with_images: bool = True, n: int = 3, name: 
         if with_images:
             write_image(folder / f"img{i}.png", seed=i)
             image = f"img{i}.png"
-        lines.append(json.dumps({"image": image, "prompt": f"Question {i}: what happens?", "response": RESPONSES[i % len(RESPONSES)]}))
+        lines.append(
+            json.dumps(
+                {"image": image, "prompt": f"Question {i}: what happens?", "response": RESPONSES[i % len(RESPONSES)]}
+            )
+        )
     path = folder / name
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -102,5 +121,7 @@ def tiny_vl_calibration(folder: Path):
 
     save_processor(folder)
     model = build_tiny_model("Qwen2_5_VLForConditionalGeneration")
-    batches = CalibrationSource(write_calibration(folder / "cal"), folder).batches(model.config, PivotConfig(), vision=True)
+    batches = CalibrationSource(write_calibration(folder / "cal"), folder).batches(
+        model.config, PivotConfig(), vision=True
+    )
     return model, adapter_for_config(model.config), batches

@@ -7,17 +7,14 @@ import os
 import pytest
 
 import mucrasp  # noqa: F401  (applies the CPU-torch workarounds before transformers loads)
+from mucrasp.adapters import get_adapter, supported_architectures
 from mucrasp.tiny_models import save_tiny_model
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ARCHITECTURES = [
-    "LlamaForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen2VLForConditionalGeneration",
-    "Qwen2_5_VLForConditionalGeneration",
-]
-VL_ARCHITECTURES = [a for a in ARCHITECTURES if "VL" in a]
+# Every registered family: a new adapter joins every parametrised test.
+ARCHITECTURES = supported_architectures()
+VL_ARCHITECTURES = [a for a in ARCHITECTURES if get_adapter(a).is_vision_language]
 
 
 @pytest.fixture(scope="session", autouse=True)

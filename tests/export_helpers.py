@@ -47,7 +47,7 @@ IMAGE_SIZE = 56  # pixels: a 4x4 grid of 14-pixel patches, merged 2x2 into 4 ima
 
 def build_tokenizer():
     """A PreTrainedTokenizerFast over the tiny vocabulary: specials, some words, then filler words."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "<|endoftext|>": 3, "\n": 4}
@@ -56,8 +56,10 @@ def build_tokenizer():
     while len(vocab) < IMAGE_TOKEN_ID:
         vocab[f"w{len(vocab)}"] = len(vocab)
     specials = {
-        "<|image_pad|>": IMAGE_TOKEN_ID, "<|video_pad|>": VIDEO_TOKEN_ID,
-        "<|vision_start|>": VISION_START_TOKEN_ID, "<|vision_end|>": VISION_END_TOKEN_ID,
+        "<|image_pad|>": IMAGE_TOKEN_ID,
+        "<|video_pad|>": VIDEO_TOKEN_ID,
+        "<|vision_start|>": VISION_START_TOKEN_ID,
+        "<|vision_end|>": VISION_END_TOKEN_ID,
     }
     vocab.update(specials)
     assert len(vocab) == VOCAB_SIZE
@@ -65,8 +67,12 @@ def build_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        bos_token=None, additional_special_tokens=["<|im_start|>", "\n", *specials],
+        tokenizer_object=backend,
+        unk_token="<unk>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        additional_special_tokens=["<|im_start|>", "\n", *specials],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -82,7 +88,9 @@ def save_tokenizer_and_processor(model_dir: Path, vision: bool, processor_class:
 
     image_processor = Qwen2VLImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE * IMAGE_SIZE, "longest_edge": IMAGE_SIZE * IMAGE_SIZE},
-        patch_size=14, temporal_patch_size=2, merge_size=2,
+        patch_size=14,
+        temporal_patch_size=2,
+        merge_size=2,
     )
     tokenizer.save_pretrained(model_dir)
     image_processor.save_pretrained(model_dir)
@@ -97,17 +105,25 @@ def per_layer_plan(mlp: int = 384, groups: int = 2, n_layers: int = 3, seed: int
     """Different MLP widths and KV-head counts in every layer."""
     g = torch.Generator().manual_seed(seed)
     widths = [(mlp // 2, groups), (mlp - 64, 1), (mlp // 4, groups)]
-    return KeepPlan([
-        LayerKeep(torch.randperm(mlp, generator=g)[:m].sort().values, torch.randperm(groups, generator=g)[:k].sort().values)
-        for m, k in widths[:n_layers]
-    ])
+    return KeepPlan(
+        [
+            LayerKeep(
+                torch.randperm(mlp, generator=g)[:m].sort().values,
+                torch.randperm(groups, generator=g)[:k].sort().values,
+            )
+            for m, k in widths[:n_layers]
+        ]
+    )
 
 
 def uniform_plan(mlp: int = 384, groups: int = 2, n_layers: int = 3, keep_mlp: int = 192, seed: int = 1) -> KeepPlan:
     g = torch.Generator().manual_seed(seed)
-    return KeepPlan([
-        LayerKeep(torch.randperm(mlp, generator=g)[:keep_mlp].sort().values, torch.arange(groups)) for _ in range(n_layers)
-    ])
+    return KeepPlan(
+        [
+            LayerKeep(torch.randperm(mlp, generator=g)[:keep_mlp].sort().values, torch.arange(groups))
+            for _ in range(n_layers)
+        ]
+    )
 
 
 def add_output_biases(model, adapter, seed: int = 0) -> None:
@@ -131,14 +147,18 @@ def make_pruned_checkpoint(architecture: str, out_dir: Path, plan: KeepPlan, see
     if output_bias:
         add_output_biases(model, adapter, seed)
     manifest = {
-        "format_version": 1, "method": "test-random", "ratio": 0.3, "base_model": f"tiny-{architecture}",
-        "architecture": architecture, "layout": "uniform" if plan.is_uniform() else "global",
+        "format_version": 1,
+        "method": "test-random",
+        "ratio": 0.3,
+        "base_model": f"tiny-{architecture}",
+        "architecture": architecture,
+        "layout": "uniform" if plan.is_uniform() else "global",
         "widths_before": [{"mlp_channels": m, "kv_groups": g} for m, g in before],
         "widths_after": plan.widths(),
     }
     source = out_dir.parent / f".{out_dir.name}-source"
     source.mkdir(parents=True, exist_ok=True)
-    processor_class = "Qwen2VLProcessor" if architecture == "Qwen2VLForConditionalGeneration" else "Qwen2_5_VLProcessor"
+    processor_class = architecture.replace("ForConditionalGeneration", "Processor")  # Qwen2_5_VLProcessor, ...
     save_tokenizer_and_processor(source, vision=adapter.is_vision_language, processor_class=processor_class)
     save_pruned(copy.deepcopy(model), out_dir, plan, manifest, source_dir=source)
     return model
@@ -148,6 +168,7 @@ def make_pruned_checkpoint(architecture: str, out_dir: Path, plan: KeepPlan, see
 # Each engine runs in its own `python export_helpers.py vllm ...` process: the test process never
 # imports vLLM, engines never share a process, and the engine runs in that process itself
 # (VLLM_ENABLE_V1_MULTIPROCESSING=0), which skips starting an engine-core process on 2 cores.
+
 
 def test_image(seed: int):
     """A deterministic 56x56 RGB image."""
@@ -162,8 +183,13 @@ def image_chat(text: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
 
 
-def run_vllm(model_dir: Path, token_prompts: list[list[int]], image_prompts: list[tuple[str, int]], max_tokens: int,
-             timeout: int = 600) -> dict:
+def run_vllm(
+    model_dir: Path,
+    token_prompts: list[list[int]],
+    image_prompts: list[tuple[str, int]],
+    max_tokens: int,
+    timeout: int = 600,
+) -> dict:
     """Greedy outputs and prompt log-probs from the real vLLM engine, in a child process."""
     import os
     import subprocess
@@ -173,14 +199,27 @@ def run_vllm(model_dir: Path, token_prompts: list[list[int]], image_prompts: lis
     with tempfile.TemporaryDirectory() as tmp:
         request = Path(tmp) / "request.json"
         result = Path(tmp) / "result.json"
-        request.write_text(json.dumps({
-            "model": str(model_dir), "token_prompts": token_prompts, "image_prompts": image_prompts,
-            "max_tokens": max_tokens, "result": str(result),
-        }))
-        env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
-        proc = subprocess.run([sys.executable, __file__, "vllm", str(request)], env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        request.write_text(
+            json.dumps(
+                {
+                    "model": str(model_dir),
+                    "token_prompts": token_prompts,
+                    "image_prompts": image_prompts,
+                    "max_tokens": max_tokens,
+                    "result": str(result),
+                }
+            )
+        )
+        env = {
+            **os.environ,
+            "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "VLLM_LOGGING_LEVEL": "WARNING",
+        }
+        proc = subprocess.run(
+            [sys.executable, __file__, "vllm", str(request)], env=env, capture_output=True, text=True, timeout=timeout
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"vLLM child failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
         return json.loads(result.read_text())
@@ -193,22 +232,35 @@ def _vllm_child(request_path: str) -> None:
 
     config = json.loads((Path(request["model"]) / "config.json").read_text())
     vision = "vision_config" in config
-    llm = LLM(request["model"], dtype="float32", enforce_eager=True, max_model_len=256, seed=0,
-              limit_mm_per_prompt={"image": 1} if vision else None)
+    llm = LLM(
+        request["model"],
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=256,
+        seed=0,
+        limit_mm_per_prompt={"image": 1} if vision else None,
+    )
     params = SamplingParams(temperature=0.0, max_tokens=request["max_tokens"], prompt_logprobs=0, ignore_eos=True)
 
     def pack(output) -> dict:
         logprobs = [None] + [next(iter(d.values())).logprob for d in output.prompt_logprobs[1:]]
-        return {"prompt_token_ids": list(output.prompt_token_ids), "token_ids": list(output.outputs[0].token_ids),
-                "prompt_logprobs": logprobs}
+        return {
+            "prompt_token_ids": list(output.prompt_token_ids),
+            "token_ids": list(output.outputs[0].token_ids),
+            "prompt_logprobs": logprobs,
+        }
 
     results = {"architecture": config["architectures"][0], "token_prompts": [], "image_prompts": []}
     if request["token_prompts"]:
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in request["token_prompts"]], params)
         results["token_prompts"] = [pack(o) for o in outputs]
     for text, seed in request["image_prompts"]:
-        messages = [{"role": "user", "content": [
-            {"type": "image_pil", "image_pil": test_image(seed)}, {"type": "text", "text": text}]}]
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image_pil", "image_pil": test_image(seed)}, {"type": "text", "text": text}],
+            }
+        ]
         results["image_prompts"].append(pack(llm.chat(messages, params, use_tqdm=False)[0]))
     Path(request["result"]).write_text(json.dumps(results))
 

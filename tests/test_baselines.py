@@ -5,13 +5,12 @@ import copy
 
 import pytest
 import torch
-
 from calib_helpers import tiny_vl_calibration
+
 from mucrasp.adapters.base import _complement, _expand
 from mucrasp.pruning import prune_in_memory
 from mucrasp.scoring import ScoringContext, get_method
 from mucrasp.scoring.input_stats import collect_input_statistics
-
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +84,21 @@ def test_flap_bias_compensation_equals_mean_replacement(vl_setup):
         for handle in handles:
             handle.remove()
     assert adapter.decoder_layers(pruned)[0].mlp.down_proj.bias is not None
+
+
+def test_flap_prunes_the_same_from_a_scores_file_as_from_calibration(vl_setup, tmp_path):
+    """The chain always prunes from its score cache: the file must carry FLAP's calibration means."""
+    from mucrasp.scoring.scores_file import load_scores, save_scores
+
+    model, adapter, batches = vl_setup
+    components = get_method("flap").components(model, adapter, ScoringContext(0.4, calibration=batches))
+    path = save_scores(tmp_path / "flap.scores", components, adapter.architecture, adapter.layer_widths(model))
+    loaded, _ = load_scores(path)
+    assert set(loaded.per_layer) == {"down_means", "o_proj_means"}
+    fresh, reused = copy.deepcopy(model), copy.deepcopy(model)
+    prune_in_memory(fresh, adapter, 0.4, method="flap", calibration=batches)
+    prune_in_memory(reused, adapter, 0.4, method="flap", scores=loaded)
+    for a, b in zip(adapter.decoder_layers(fresh), adapter.decoder_layers(reused)):
+        assert b.mlp.down_proj.bias is not None
+        torch.testing.assert_close(a.mlp.down_proj.bias, b.mlp.down_proj.bias)
+        torch.testing.assert_close(a.self_attn.o_proj.bias, b.self_attn.o_proj.bias)

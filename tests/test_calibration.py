@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from calib_helpers import save_processor, write_calibration, write_image
+
 from mucrasp.calibration import CalibrationSource, PivotConfig, load_records, summarize
 from mucrasp.errors import MucraspError
 from mucrasp.tiny_models import IMAGE_TOKEN_ID, build_tiny_model
@@ -72,4 +72,71 @@ def test_text_only_model_rejects_image_records(tmp_path):
     save_processor(tmp_path, vision=False)
     model = build_tiny_model("Qwen2ForCausalLM")
     with pytest.raises(MucraspError, match="calib.jsonl:1: the record has an image but the model is text-only"):
-        CalibrationSource(write_calibration(tmp_path / "cal"), tmp_path).batches(model.config, PivotConfig(), vision=False)
+        CalibrationSource(write_calibration(tmp_path / "cal"), tmp_path).batches(
+            model.config, PivotConfig(), vision=False
+        )
+
+
+LONG_PROMPT = "why " * 25_000  # 100 000 characters
+
+
+@pytest.mark.parametrize("vision", [False, True])
+def test_long_record_is_cut_to_the_model_context_with_a_warning(tmp_path, vision):
+    from mucrasp.calibration import CalibrationWarning
+
+    save_processor(tmp_path, vision=vision)
+    model = build_tiny_model("Qwen2_5_VLForConditionalGeneration" if vision else "Qwen2ForCausalLM")
+    image = write_image(tmp_path / "img.png") if vision else None
+    calib = write_lines(
+        tmp_path / "long.jsonl",
+        [
+            {"image": image.name if image else None, "prompt": LONG_PROMPT, "response": "First, look. Therefore: 3."},
+            {"image": None, "prompt": "short", "response": "Answer: 1."},
+        ],
+    )
+    with pytest.warns(CalibrationWarning, match=r"long.jsonl:1: \d+ tokens cut to max_seq_len 512") as caught:
+        batches = CalibrationSource(calib, tmp_path).batches(model.config, PivotConfig(), vision=vision)
+    assert len(caught) == 1  # the short record is left alone
+    assert batches[0].input_ids.shape[1] == 512  # the tiny model's max_position_embeddings
+    assert int(batches[0].response_mask.sum()) > 0  # the response survives the cut
+    if vision:
+        assert int(batches[0].visual_mask.sum()) == 4  # every image token survives too
+    model(**batches[0].inputs)  # and the inputs still run
+    # A smaller cap is configurable.
+    with pytest.warns(CalibrationWarning, match="max_seq_len 64"):
+        short = CalibrationSource(calib, tmp_path, max_seq_len=64).batches(model.config, PivotConfig(), vision=vision)
+    assert short[0].input_ids.shape[1] == 64
+
+
+def test_score_cli_warns_in_one_line_and_succeeds_on_a_long_record(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mucrasp.tiny_models import save_tiny_model
+
+    model_dir = save_tiny_model("Qwen2ForCausalLM", tmp_path / "model")
+    save_processor(model_dir, vision=False)
+    calib = write_lines(tmp_path / "long.jsonl", [{"image": None, "prompt": LONG_PROMPT, "response": "So: 2."}])
+    cli = str(Path(sys.executable).parent / "mucrasp-deploy")
+    result = subprocess.run(
+        [
+            cli,
+            "score",
+            str(model_dir),
+            "--calib",
+            str(calib),
+            "--method",
+            "wanda-sp",
+            "--out",
+            str(tmp_path / "s.scores"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "cut to max_seq_len 512" in warnings[0], result.stderr
+    assert not any(line.startswith("error:") for line in result.stderr.splitlines())
+    assert (tmp_path / "s.scores").is_file()

@@ -6,6 +6,8 @@ import json
 import pytest
 import torch
 import transformers
+from conftest import ARCHITECTURES
+from test_slicing import TEXT_INPUT, random_plan
 
 from mucrasp import load_pruned
 from mucrasp.adapters import get_adapter
@@ -14,12 +16,9 @@ from mucrasp.slicing import slice_model
 from mucrasp.tiny_models import build_tiny_model, tiny_image_inputs
 from mucrasp.units import KeepPlan, LayerKeep
 
-from conftest import ARCHITECTURES
-from test_slicing import TEXT_INPUT, random_plan
-
 
 def inputs_for(architecture):
-    return tiny_image_inputs() if "VL" in architecture else TEXT_INPUT
+    return tiny_image_inputs() if get_adapter(architecture).is_vision_language else TEXT_INPUT
 
 
 def greedy(model, inputs, **kwargs):
@@ -44,7 +43,7 @@ def test_save_then_load_pruned_gives_identical_logits_and_generations(architectu
     assert torch.equal(greedy(reloaded, inputs), greedy(model, inputs))
 
 
-@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen2_5_VLForConditionalGeneration"])
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_non_uniform_model_generates_with_kv_cache(architecture, tmp_path):
     model = build_tiny_model(architecture)
     slice_model(model, get_adapter(architecture), random_plan(3, 384, 2, seed=3))

@@ -63,9 +63,12 @@ def _assert_one_line_error(result, *fragments):
     [
         ("missing", ["does not exist"]),
         ("not_a_model", ["not a model directory"]),
-        ("unsupported", ["unsupported architecture 'GPT2LMHeadModel'", "LlamaForCausalLM", "Qwen2_5_VLForConditionalGeneration"]),
-        ("ratio_high", ["ratio must be within [0, 0.9]"]),
-        ("ratio_negative", ["ratio must be within [0, 0.9]"]),
+        (
+            "unsupported",
+            ["unsupported architecture 'GPT2LMHeadModel'", "LlamaForCausalLM", "Qwen2_5_VLForConditionalGeneration"],
+        ),
+        ("ratio_high", ["ratio: ", "less than or equal to 0.9"]),
+        ("ratio_negative", ["ratio: ", "greater than or equal to 0"]),
         ("out_exists", ["already exists", "--overwrite"]),
     ],
 )

@@ -47,7 +47,7 @@ def test_splits_never_share_a_seed():
     ranges = {name: set(split_seeds(name, 1_000_000 if name == "train" else None)) for name in names}
     assert len(ranges["test"]) >= 500 and len(ranges["calibration"]) == 128 and len(ranges["validation"]) == 200
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not (ranges[a] & ranges[b]), (a, b)
 
 
@@ -61,7 +61,9 @@ def test_written_split_loads_as_calibration_data(tmp_path):
 def test_word_problems_are_deterministic_and_split():
     assert word_problems() == word_problems()
     assert len(word_problems()) >= 300
-    assert len(split_prompts("calibration")) == 128 and not set(split_prompts("calibration")) & set(split_prompts("test"))
+    assert len(split_prompts("calibration")) == 128 and not set(split_prompts("calibration")) & set(
+        split_prompts("test")
+    )
 
 
 def test_demo_data_written_by_an_older_generator_is_rewritten(tmp_path):

@@ -1,13 +1,12 @@
 """Evaluation metrics: exactly zero divergence for an unpruned model, positive once pruned."""
 
 import pytest
+from calib_helpers import save_processor, write_calibration
 
 from mucrasp.evaluation.answers import final_answer
 from mucrasp.evaluation.evaluate import EvalConfig, evaluate
 from mucrasp.pruning import PruneConfig, prune
 from mucrasp.tiny_models import save_tiny_model
-
-from calib_helpers import save_processor, write_calibration
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,24 @@ Per-layer pruned tiny models (different MLP widths and KV-head counts in every l
 - logits of the prompt pass within 1e-4 relative L2 of transformers;
 - identical greedy tokens over 32 new tokens, through the library's KV-cache generation loop;
 - Qwen2.5-VL: with an image (vision encoder -> embedding -> decoder with 3D M-RoPE positions) and
-  without one.
+  without one;
+- every other registered family: one text prompt (and one image prompt for VL families);
+- every family: genai_config.json (onnxruntime-genai) unless that runtime cannot run it (Qwen3-VL).
 """
 
 from __future__ import annotations
 
 import json
 
+import export_helpers as h
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import ARCHITECTURES
 from typer.testing import CliRunner
 
-import export_helpers as h
+from mucrasp.adapters import get_adapter
 from mucrasp.errors import MucraspError
 from mucrasp.export.onnx_export import export_onnx
 from mucrasp.export.onnx_runtime import OnnxGenerator, mrope_position_ids
@@ -35,8 +39,9 @@ def reference(model, inputs: dict) -> tuple[np.ndarray, list[int]]:
     n = inputs["input_ids"].shape[1]
     with torch.no_grad():
         logits = model(**inputs).logits[0].numpy()
-        tokens = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                eos_token_id=None)[0, n:].tolist()
+        tokens = model.generate(
+            **inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None
+        )[0, n:].tolist()
     return logits, tokens
 
 
@@ -79,8 +84,11 @@ def test_manifest_describes_per_layer_kv_layout(llama):
     model, folder = llama
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["opset"] >= 18 and manifest["dtype"] == "fp32"
+    assert manifest["decoder"]["max_sequence"] == model.config.max_position_embeddings
     layers = manifest["decoder"]["layers"]
-    widths = [(layer.mlp.gate_proj.out_features, layer.self_attn.k_proj.out_features // 32) for layer in model.model.layers]
+    widths = [
+        (layer.mlp.gate_proj.out_features, layer.self_attn.k_proj.out_features // 32) for layer in model.model.layers
+    ]
     assert [(layer["intermediate_size"], layer["num_key_value_heads"]) for layer in layers] == widths
     assert len({layer["num_key_value_heads"] for layer in layers}) > 1  # really per-layer
     decoder = manifest["graphs"]["decoder"]
@@ -102,9 +110,13 @@ def test_vl_with_an_image_matches_transformers(qwen_vl):
         chat = processor.tokenizer.apply_chat_template(h.image_chat(text), add_generation_prompt=True, tokenize=False)
         inputs = dict(processor(text=[chat], images=[h.test_image(seed)], return_tensors="pt"))
         logits, tokens = reference(model, inputs)
-        result = generator.generate(inputs["input_ids"][0].tolist(), pixel_values=inputs["pixel_values"].numpy(),
-                                    image_grid_thw=inputs["image_grid_thw"].numpy(), max_new_tokens=NEW_TOKENS,
-                                    stop_at_eos=False)
+        result = generator.generate(
+            inputs["input_ids"][0].tolist(),
+            pixel_values=inputs["pixel_values"].numpy(),
+            image_grid_thw=inputs["image_grid_thw"].numpy(),
+            max_new_tokens=NEW_TOKENS,
+            stop_at_eos=False,
+        )
         worst = max(worst, relative_l2(result.prompt_logits, logits))
         assert result.tokens == tokens
     print(f"VL with image: worst relative L2 of prompt logits {worst:.2e}")
@@ -126,11 +138,14 @@ def test_mrope_positions_match_transformers(qwen_vl):
     chat = processor.tokenizer.apply_chat_template(h.image_chat("hi"), add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[chat], images=[h.test_image(0)], return_tensors="pt")
     expected, _ = model.model.get_rope_index(
-        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"],
+        inputs["input_ids"],
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs["image_grid_thw"],
         attention_mask=inputs["attention_mask"],
     )
-    ours = mrope_position_ids(inputs["input_ids"][0].tolist(), inputs["image_grid_thw"].numpy(),
-                              model.config.image_token_id, 2)
+    ours = mrope_position_ids(
+        inputs["input_ids"][0].tolist(), inputs["image_grid_thw"].numpy(), model.config.image_token_id, 2
+    )
     np.testing.assert_array_equal(ours, expected[:, 0].numpy())
 
 
@@ -152,3 +167,56 @@ def test_fp16_export_runs_close_to_fp32(llama):
     logits, _ = reference(model, {"input_ids": torch.tensor([prompt])})
     result = OnnxGenerator(out).generate(prompt, max_new_tokens=4, stop_at_eos=False)
     assert relative_l2(result.prompt_logits, logits) < 1e-2  # measured about 1e-3
+
+
+# ---- every other family: the same parity on one prompt of each kind --------------------------------
+OTHER_FAMILIES = [a for a in ARCHITECTURES if a not in ("LlamaForCausalLM", "Qwen2_5_VLForConditionalGeneration")]
+
+
+@pytest.fixture(scope="module", params=OTHER_FAMILIES)
+def family(request, tmp_path_factory):
+    from transformers import AutoProcessor
+
+    root = tmp_path_factory.mktemp(f"onnx-{request.param}")
+    model = h.make_pruned_checkpoint(request.param, root / "pruned", h.per_layer_plan(seed=3), output_bias=True)
+    export_onnx(root / "pruned", root / "onnx")
+    vision = get_adapter(request.param).is_vision_language
+    return model, AutoProcessor.from_pretrained(root / "pruned") if vision else None, root / "onnx"
+
+
+def test_every_family_matches_transformers(family):
+    model, processor, folder = family
+    generator = OnnxGenerator(folder)
+    cases = [({"input_ids": torch.tensor([TEXT_PROMPTS[0]])}, {})]
+    if processor is not None:
+        chat = processor.tokenizer.apply_chat_template(
+            h.image_chat("how many red squares"), add_generation_prompt=True, tokenize=False
+        )
+        inputs = dict(processor(text=[chat], images=[h.test_image(0)], return_tensors="pt"))
+        cases.append(
+            (
+                inputs,
+                {"pixel_values": inputs["pixel_values"].numpy(), "image_grid_thw": inputs["image_grid_thw"].numpy()},
+            )
+        )
+    for inputs, images in cases:
+        logits, tokens = reference(model, inputs)
+        result = generator.generate(
+            inputs["input_ids"][0].tolist(), max_new_tokens=NEW_TOKENS, stop_at_eos=False, **images
+        )
+        assert relative_l2(result.prompt_logits, logits) < LOGIT_TOLERANCE
+        assert result.tokens == tokens
+
+
+def test_every_family_says_whether_onnxruntime_genai_runs_it(family):
+    """genai_config.json for every family but those whose deepstack features onnxruntime-genai cannot feed."""
+    model, _, folder = family
+    adapter = get_adapter(model.config.architectures[0])
+    deepstack = adapter.is_vision_language and adapter.deepstack_levels(model.config) > 0
+    record = json.loads((folder / "manifest.json").read_text())["onnxruntime_genai"]
+    assert (folder / "genai_config.json").is_file() == (not deepstack) == (record["config"] is not None)
+    if deepstack:
+        assert "deepstack" in record["reason"]
+    else:
+        config = json.loads((folder / "genai_config.json").read_text())["model"]
+        assert config["type"] == adapter.onnx_genai_type and config["eos_token_id"] == [2]

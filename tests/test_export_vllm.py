@@ -1,10 +1,11 @@
 """`export vllm`: the real vLLM engine (CPU build) serves exported checkpoints as transformers runs them.
 
-Four engines, each started once (about 45 s each on 2 cores) in a child process:
+One engine per case, each started once (about 45 s each on 2 cores) in a child process:
 - a per-layer Qwen2.5-VL (MuCRASP architecture, served through this project's vLLM plugin),
 - a uniform Qwen2.5-VL (a stock checkpoint: no plugin architecture involved),
 - a per-layer Qwen2-VL and a per-layer Llama, both with the o_proj/down_proj biases that FLAP's
-  bias compensation adds.
+  bias compensation adds;
+- every other registered family with a vLLM per-layer class, per-layer with those biases.
 (The per-layer Qwen2 text model uses the same plugin classes as the Qwen-VL language models; its
 export is checked by the CLI test below, not served.)
 Each is compared with transformers on the pruned model: greedy tokens on 8 text prompts (token
@@ -16,31 +17,63 @@ from __future__ import annotations
 
 import json
 
+import export_helpers as h
 import pytest
 import torch
+from conftest import ARCHITECTURES
 from typer.testing import CliRunner
 
-import export_helpers as h
+from mucrasp.adapters import get_adapter
 from mucrasp.checkpoint import LAYER_INTERMEDIATE_SIZES
 from mucrasp.errors import MucraspError
 from mucrasp.export.vllm_checkpoint import export_vllm
 
 MAX_TOKENS = 12
 TOKEN_PROMPTS = [
-    [1, 5, 9, 33, 2, 7, 300, 41], [1, 100, 200], [1, 17, 17, 17, 4, 250], [1, 400, 3, 77, 81, 9, 9, 12, 13, 14],
-    [1, 42], [1, 256, 128, 64, 32, 16, 8], [1, 499, 450, 401, 333, 222, 111, 11, 6], [1, 60, 61, 62, 63],
+    [1, 5, 9, 33, 2, 7, 300, 41],
+    [1, 100, 200],
+    [1, 17, 17, 17, 4, 250],
+    [1, 400, 3, 77, 81, 9, 9, 12, 13, 14],
+    [1, 42],
+    [1, 256, 128, 64, 32, 16, 8],
+    [1, 499, 450, 401, 333, 222, 111, 11, 6],
+    [1, 60, 61, 62, 63],
 ]
-IMAGE_PROMPTS = [("how many red squares", 0), ("describe the image", 1), ("what color is the shape", 2),
-                 ("count the blue circle step by step", 3)]
+IMAGE_PROMPTS = [
+    ("how many red squares", 0),
+    ("describe the image", 1),
+    ("what color is the shape", 2),
+    ("count the blue circle step by step", 3),
+]
 LOGPROB_TOLERANCE = 1e-3  # nats; measured about 2e-6 in fp32
 
 # case -> (architecture, plan, architecture the export names, o_proj/down_proj biases as FLAP adds them)
 CASES = {
-    "qwen25vl-per-layer": ("Qwen2_5_VLForConditionalGeneration", h.per_layer_plan, "MucraspQwen2_5_VLForConditionalGeneration", False),
-    "qwen25vl-uniform": ("Qwen2_5_VLForConditionalGeneration", h.uniform_plan, "Qwen2_5_VLForConditionalGeneration", False),
-    "qwen2vl-per-layer-bias": ("Qwen2VLForConditionalGeneration", h.per_layer_plan, "MucraspQwen2VLForConditionalGeneration", True),
+    "qwen25vl-per-layer": (
+        "Qwen2_5_VLForConditionalGeneration",
+        h.per_layer_plan,
+        "MucraspQwen2_5_VLForConditionalGeneration",
+        False,
+    ),
+    "qwen25vl-uniform": (
+        "Qwen2_5_VLForConditionalGeneration",
+        h.uniform_plan,
+        "Qwen2_5_VLForConditionalGeneration",
+        False,
+    ),
+    "qwen2vl-per-layer-bias": (
+        "Qwen2VLForConditionalGeneration",
+        h.per_layer_plan,
+        "MucraspQwen2VLForConditionalGeneration",
+        True,
+    ),
     "llama-per-layer-bias": ("LlamaForCausalLM", h.per_layer_plan, "MucraspLlamaForCausalLM", True),
 }
+_SERVED_ELSEWHERE = {"Qwen2ForCausalLM"}  # its per-layer classes are the Qwen-VL language models'
+for _arch in ARCHITECTURES:
+    _adapter = get_adapter(_arch)
+    if _adapter.vllm_per_layer_class and _arch not in _SERVED_ELSEWHERE | {c[0] for c in CASES.values()}:
+        CASES[f"{_arch}-per-layer-bias"] = (_arch, h.per_layer_plan, _adapter.per_layer_architecture, True)
 
 
 @pytest.fixture(scope="module", params=list(CASES))
@@ -51,7 +84,7 @@ def served(request, tmp_path_factory):
     model = h.make_pruned_checkpoint(architecture, root / "pruned", plan(), output_bias=output_bias)
     exported = export_vllm(root / "pruned", root / "served")
     assert exported.architecture == expected_arch
-    vision = "VL" in architecture
+    vision = get_adapter(architecture).is_vision_language
     results = h.run_vllm(exported.out, TOKEN_PROMPTS, IMAGE_PROMPTS if vision else [], MAX_TOKENS)
     processor = None
     if vision:
@@ -64,11 +97,12 @@ def served(request, tmp_path_factory):
 def _reference(model, inputs: dict) -> tuple[list[int], list[float]]:
     ids = inputs["input_ids"]
     with torch.no_grad():
-        generated = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=None,
-                                   min_new_tokens=MAX_TOKENS)
+        generated = model.generate(
+            **inputs, max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=None, min_new_tokens=MAX_TOKENS
+        )
         logprobs = torch.log_softmax(model(**inputs).logits[0].float(), -1)
     prompt = ids[0].tolist()
-    return generated[0, len(prompt):].tolist(), [logprobs[i, prompt[i + 1]].item() for i in range(len(prompt) - 1)]
+    return generated[0, len(prompt) :].tolist(), [logprobs[i, prompt[i + 1]].item() for i in range(len(prompt) - 1)]
 
 
 def _compare(model, inputs, result) -> float:
@@ -133,3 +167,23 @@ def test_cli_export_vllm_and_its_error(tmp_path):
     assert config["architectures"] == ["MucraspQwen2ForCausalLM"]
     again = runner.invoke(app, ["export", "vllm", str(tmp_path / "pruned"), "--out", str(tmp_path / "out")])
     assert again.exit_code != 0 and "already exists" in str(again.exception)
+
+
+def test_plugin_architectures_come_from_the_adapters_without_importing_vllm():
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from mucrasp.export.vllm_plugin import ARCHITECTURES; "
+        "print(json.dumps([ARCHITECTURES, sorted(m for m in sys.modules if m.split('.')[0] == 'vllm')]))"
+    )
+    mapping, vllm_modules = json.loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    )
+    assert vllm_modules == []  # adapters name their vLLM classes; only vLLM's own processes build them
+    served = {
+        get_adapter(a).per_layer_architecture: get_adapter(a).vllm_per_layer_class
+        for a in ARCHITECTURES
+        if get_adapter(a).vllm_per_layer_class
+    }
+    assert mapping == served

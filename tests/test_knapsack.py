@@ -20,7 +20,7 @@ def costs(n_layers=4):
 
 
 def kept_params(plan):
-    return sum(len(l.mlp_channels) * MLP_COST + len(l.attn_groups) * ATTN_COST for l in plan.layers)
+    return sum(len(layer.mlp_channels) * MLP_COST + len(layer.attn_groups) * ATTN_COST for layer in plan.layers)
 
 
 def test_budget_met_within_one_block():
@@ -39,7 +39,7 @@ def test_minimum_keep_respected():
     values.attn[0] *= 0
     plan = allocate(values, costs(), AllocationConfig(ratio=0.6, align=8, min_mlp_fraction=0.1, min_kv_groups=1))
     assert len(plan.layers[0].mlp_channels) >= 7 and len(plan.layers[0].attn_groups) >= 1
-    assert all(len(l.mlp_channels) >= 7 and len(l.attn_groups) >= 1 for l in plan.layers)
+    assert all(len(layer.mlp_channels) >= 7 and len(layer.attn_groups) >= 1 for layer in plan.layers)
 
 
 def test_alignment_and_tp_divisibility():
@@ -51,7 +51,7 @@ def test_alignment_and_tp_divisibility():
 
 def test_global_layout_is_non_uniform_and_prefers_valuable_layers():
     plan = allocate(scores(), costs(), AllocationConfig(ratio=0.4))
-    widths = [len(l.mlp_channels) for l in plan.layers]
+    widths = [len(layer.mlp_channels) for layer in plan.layers]
     assert not plan.is_uniform() and widths[-1] >= widths[0]
 
 

@@ -10,7 +10,7 @@ def char_tokens(text: str) -> list[tuple[int, int]]:
 def test_markers_found_at_word_boundaries():
     text = "Step 1: look. Also so. So it moves. Therefore done, because x."
     offsets = marker_offsets(text, PivotConfig())
-    assert [text[o:o + 4] for o in offsets] == ["Step", "So i", "Ther", "beca"]
+    assert [text[o : o + 4] for o in offsets] == ["Step", "So i", "Ther", "beca"]
 
 
 def test_pivot_tokens_map_to_the_token_holding_the_marker():

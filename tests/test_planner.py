@@ -6,9 +6,11 @@ import json
 
 import pytest
 import transformers
+from conftest import ARCHITECTURES  # every registered family
 from typer.testing import CliRunner
 
 from mucrasp.adapters import adapter_for_config
+from mucrasp.checkpoint import record_widths
 from mucrasp.cli import app
 from mucrasp.errors import MucraspError
 from mucrasp.params import count_parameters
@@ -18,10 +20,7 @@ from mucrasp.planning.model_shape import model_shape
 from mucrasp.planning.planner import ratio_grid
 from mucrasp.planning.throughput_model import estimate_throughput
 from mucrasp.pruning import prune_in_memory
-from mucrasp.checkpoint import record_widths
 from mucrasp.tiny_models import build_tiny_model
-
-ARCHITECTURES = ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"]
 
 
 def qwen25_vl_7b_config():
@@ -29,12 +28,26 @@ def qwen25_vl_7b_config():
     return transformers.Qwen2_5_VLConfig(
         architectures=["Qwen2_5_VLForConditionalGeneration"],
         text_config=dict(
-            hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-            num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, max_position_embeddings=128000,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+            tie_word_embeddings=False,
+            max_position_embeddings=128000,
         ),
         vision_config=dict(
-            depth=32, hidden_size=1280, intermediate_size=3420, out_hidden_size=3584, num_heads=16, patch_size=14,
-            temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            out_hidden_size=3584,
+            num_heads=16,
+            patch_size=14,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
         ),
         tie_word_embeddings=False,
     )
@@ -157,14 +170,26 @@ def test_dtype_and_grid_checks(qwen7b):
 
 def test_plan_command_json_table_and_plot(qwen7b_dir, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["plan", str(qwen7b_dir), "--profile", "a10g", "--max-model-len", "8192", "--concurrency", "8", "--json"])
+    result = runner.invoke(
+        app, ["plan", str(qwen7b_dir), "--profile", "a10g", "--max-model-len", "8192", "--concurrency", "8", "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["ratio"] == plan_model(qwen7b_dir, "a10g", Workload(max_model_len=8192, concurrency=8)).ratio
-    assert len(data["rows"]) == 11 and {"weights_gb", "kv_gb", "total_gb", "decode_tokens_per_s", "fits", "meets"} <= set(data["rows"][0])
+    assert len(data["rows"]) == 11 and {
+        "weights_gb",
+        "kv_gb",
+        "total_gb",
+        "decode_tokens_per_s",
+        "fits",
+        "meets",
+    } <= set(data["rows"][0])
 
     png = tmp_path / "plan.png"
-    result = runner.invoke(app, ["plan", str(qwen7b_dir), "--profile", "jetson-orin-nano-8g", "--max-model-len", "32768", "--plot", str(png)])
+    result = runner.invoke(
+        app,
+        ["plan", str(qwen7b_dir), "--profile", "jetson-orin-nano-8g", "--max-model-len", "32768", "--plot", str(png)],
+    )
     assert result.exit_code == 1 and "short by" in result.output
     assert png.read_bytes()[:4] == b"\x89PNG"
 

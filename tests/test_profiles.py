@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -13,10 +13,26 @@ from mucrasp.cli import app, main
 from mucrasp.errors import MucraspError
 from mucrasp.planning.profiles import list_profiles, load_profile
 
-BUNDLED = ["a10g", "t4", "l4", "a100-40g", "a100-80g", "h100-80g", "rtx4090", "jetson-agx-orin-64g", "jetson-orin-nano-8g"]
+BUNDLED = [
+    "a10g",
+    "t4",
+    "l4",
+    "a100-40g",
+    "a100-80g",
+    "h100-80g",
+    "rtx4090",
+    "jetson-agx-orin-64g",
+    "jetson-orin-nano-8g",
+]
 GOOD = dict(
-    name="good", memory_gb=24, memory_bandwidth_gbps=600, dense_tflops=70, dtypes=["fp16", "bf16"], gpu_count=1,
-    runtime_reserve_gb=1.5, gpu_memory_utilization=0.9,
+    name="good",
+    memory_gb=24,
+    memory_bandwidth_gbps=600,
+    dense_tflops=70,
+    dtypes=["fp16", "bf16"],
+    gpu_count=1,
+    runtime_reserve_gb=1.5,
+    gpu_memory_utilization=0.9,
 )
 
 
@@ -45,6 +61,8 @@ BAD = [
     ({k: v for k, v in GOOD.items() if k != "dtypes"}, "missing field 'dtypes'"),
     ({**GOOD, "memory_gb": 0}, "field 'memory_gb'"),
     ({**GOOD, "memory_gb": "lots"}, "field 'memory_gb'"),
+    ({**GOOD, "memory_gb": float("inf")}, "field 'memory_gb': Input should be a finite number"),
+    ({**GOOD, "dense_tflops": float("nan")}, "field 'dense_tflops'"),
     ({**GOOD, "memory_bandwidth_gbps": -1}, "field 'memory_bandwidth_gbps'"),
     ({**GOOD, "dense_tflops": 0}, "field 'dense_tflops'"),
     ({**GOOD, "gpu_count": 0}, "field 'gpu_count'"),
@@ -95,12 +113,28 @@ def test_profile_list_and_show():
 
 
 def test_measure_writes_a_valid_profile(tmp_path):
-    start = time.perf_counter()
     result = CliRunner().invoke(app, ["profile", "measure", "--name", "local"])
     assert result.exit_code == 0, result.output
-    assert time.perf_counter() - start < 10
     profile = load_profile("local")  # found by name in the user folder
     assert profile.memory_gb > 0 and profile.memory_bandwidth_gbps > 0 and profile.dense_tflops > 0
     assert load_profile(tmp_path / "user-profiles" / "local.yaml") == profile
     again = CliRunner().invoke(app, ["profile", "measure", "--name", "local"])
     assert isinstance(again.exception, MucraspError) and "already exists" in str(again.exception)
+
+
+@pytest.mark.parametrize("args", [["profile", "list"], ["profile", "show", "a10g"], ["--help"]])
+def test_profile_commands_start_without_torch(args):
+    """Deterministic stand-in for a start-up time limit: these commands must not import torch or transformers."""
+    code = (
+        "import sys\n"
+        "from mucrasp.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+        "sys.exit(3 if heavy else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from calib_helpers import save_processor, write_calibration
 from typer.testing import CliRunner
 
-from calib_helpers import save_processor, write_calibration
 from mucrasp.checkpoint import read_manifest
 from mucrasp.cli import app
 from mucrasp.tiny_models import save_tiny_model
@@ -30,7 +30,21 @@ def test_score_then_prune_with_scores_matches_fresh_scoring(tmp_path):
     # Fusion options apply at prune time, so a scores file takes them too.
     fusion = ["--set", "gamma_base=0.8", "--set", "rho=2"]
     run("prune", model_dir, "--scores", scores, *fusion, "--ratio", 0.3, "--out", tmp_path / "reused")
-    run("prune", model_dir, "--method", "mucrasp", "--calib", calib, "--set", "window=4", *fusion, "--ratio", 0.3, "--out", tmp_path / "fresh")
+    run(
+        "prune",
+        model_dir,
+        "--method",
+        "mucrasp",
+        "--calib",
+        calib,
+        "--set",
+        "window=4",
+        *fusion,
+        "--ratio",
+        0.3,
+        "--out",
+        tmp_path / "fresh",
+    )
     reused, fresh = read_manifest(tmp_path / "reused"), read_manifest(tmp_path / "fresh")
     assert reused["method"] == fresh["method"] == "mucrasp"
     assert reused["kept_units"] == fresh["kept_units"]
@@ -45,5 +59,7 @@ def test_cli_errors_are_one_line(tmp_path):
     bad.write_text(json.dumps({"image": None, "prompt": "p"}) + "\n")
     result = CliRunner().invoke(app, ["score", str(model_dir), "--calib", str(bad), "--out", str(tmp_path / "s")])
     assert result.exit_code != 0 and "bad.jsonl:1" in str(result.exception)
-    result = CliRunner().invoke(app, ["prune", str(model_dir), "--method", "mucrasp", "--ratio", "0.3", "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        app, ["prune", str(model_dir), "--method", "mucrasp", "--ratio", "0.3", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code != 0 and "needs calibration" in str(result.exception)

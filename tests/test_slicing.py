@@ -4,13 +4,12 @@ import copy
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, VL_ARCHITECTURES
 
 from mucrasp.adapters import get_adapter, supported_architectures
 from mucrasp.slicing import mask_model, slice_model
 from mucrasp.tiny_models import build_tiny_model, tiny_image_inputs
 from mucrasp.units import KeepPlan, LayerKeep
-
-from conftest import ARCHITECTURES, VL_ARCHITECTURES
 
 TEXT_INPUT = {"input_ids": torch.tensor([[1, 5, 9, 33, 2, 7, 300, 41]])}
 
@@ -22,7 +21,9 @@ def random_plan(n_layers: int, mlp: int, groups: int, seed: int = 0) -> KeepPlan
     for i in range(n_layers):
         n_mlp = [mlp // 4, mlp, 8][i % 3]
         n_groups = [1, groups, 1][i % 3]
-        layers.append(LayerKeep(torch.randperm(mlp, generator=g)[:n_mlp], torch.randperm(groups, generator=g)[:n_groups]))
+        layers.append(
+            LayerKeep(torch.randperm(mlp, generator=g)[:n_mlp], torch.randperm(groups, generator=g)[:n_groups])
+        )
     return KeepPlan(layers)
 
 
@@ -69,16 +70,17 @@ def test_sliced_shapes_are_the_kept_shapes(architecture):
         assert gate.weight.shape[0] == up.weight.shape[0] == down.weight.shape[1] == len(keep.mlp_channels)
         assert k.weight.shape[0] == v.weight.shape[0] == len(keep.attn_groups) * head_dim
         assert q.weight.shape[0] == o.weight.shape[1] == len(keep.attn_groups) * 2 * head_dim
-        if "Qwen" in architecture:
+        if adapter.qkv_bias(model.config):
             assert q.bias.shape[0] == q.weight.shape[0] and k.bias.shape[0] == k.weight.shape[0]
     assert adapter.layer_widths(model) == [(w["mlp_channels"], w["kv_groups"]) for w in plan.widths()]
 
 
-def test_vision_tower_is_untouched():
-    architecture = "Qwen2_5_VLForConditionalGeneration"
+@pytest.mark.parametrize("architecture", VL_ARCHITECTURES)
+def test_vision_tower_is_untouched(architecture):
     model = build_tiny_model(architecture)
-    before = {k: v.clone() for k, v in model.model.visual.state_dict().items()}
-    slice_model(model, get_adapter(architecture), random_plan(3, 384, 2))
-    after = model.model.visual.state_dict()
+    adapter = get_adapter(architecture)
+    before = {k: v.clone() for k, v in adapter.vision_tower(model).state_dict().items()}
+    slice_model(model, adapter, random_plan(3, 384, 2))
+    after = adapter.vision_tower(model).state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)

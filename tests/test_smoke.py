@@ -13,11 +13,11 @@ import shutil
 import socket
 from pathlib import Path
 
+import export_helpers as h
 import psutil
 import pytest
 from typer.testing import CliRunner
 
-import export_helpers as h
 from mucrasp.calibration.records import CalibrationRecord
 from mucrasp.cli import app
 from mucrasp.errors import MucraspError
@@ -40,7 +40,9 @@ def exports(tmp_path_factory):
     for i in range(len(PROMPTS)):
         h.test_image(i).save(root / f"image{i}.png")
         images.append(root / f"image{i}.png")
-    records = [CalibrationRecord(image, prompt, "-", f"test:{i}") for i, (image, prompt) in enumerate(zip(images, PROMPTS))]
+    records = [
+        CalibrationRecord(image, prompt, "-", f"test:{i}") for i, (image, prompt) in enumerate(zip(images, PROMPTS))
+    ]
     records = dense_answers(root / "pruned", records, max_new_tokens=MAX_TOKENS)
     served = export_vllm(root / "pruned", root / "served").out
     onnx = export_onnx(root / "pruned", root / "onnx", image_size=h.IMAGE_SIZE).out
@@ -50,8 +52,17 @@ def exports(tmp_path_factory):
 
 
 def _config(folder: Path, backend: str, tmp_path: Path, **kwargs) -> SmokeConfig:
-    return SmokeConfig(folder, backend=backend, requests=3, concurrency=2, max_tokens=MAX_TOKENS,
-                       spot_check_max_tokens=MAX_TOKENS, max_model_len=256, report=tmp_path / "report.json", **kwargs)
+    return SmokeConfig(
+        folder,
+        backend=backend,
+        requests=3,
+        concurrency=2,
+        max_tokens=MAX_TOKENS,
+        spot_check_max_tokens=MAX_TOKENS,
+        max_model_len=256,
+        report=tmp_path / "report.json",
+        **kwargs,
+    )
 
 
 def _assert_measured(report) -> None:
@@ -76,11 +87,15 @@ def _serving_processes(folder: Path) -> list[psutil.Process]:
 
 # ---- the three backends, end to end ---------------------------------------------------------------
 def test_vllm_server_smoke(exports, tmp_path):
-    report = run_smoke(_config(exports["vllm"], "vllm", tmp_path, thresholds=Thresholds(min_tokens_per_s=0.1, min_spot_check=1.0)))
+    report = run_smoke(
+        _config(exports["vllm"], "vllm", tmp_path, thresholds=Thresholds(min_tokens_per_s=0.1, min_spot_check=1.0))
+    )
     _assert_measured(report)
     details = report.data["backend_details"]
     assert details["server_pids"] and details["ready_after_s"] > 0
-    assert not [p for p in details["server_pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p for p in details["server_pids"] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert not _serving_processes(exports["vllm"])
     assert not (tmp_path / "vllm-server.log").exists()  # kept only when the server fails
 
@@ -92,25 +107,59 @@ def test_onnx_smoke(exports, tmp_path):
 
 
 def test_transformers_smoke_with_kl_and_cli_table(exports, tmp_path):
-    result = CliRunner().invoke(app, [
-        "smoke", str(exports["vllm"]), "--backend", "transformers", "--requests", "3", "--max-tokens", str(MAX_TOKENS),
-        "--spot-check-max-tokens", str(MAX_TOKENS), "--dense", str(exports["pruned"]), "--report", str(tmp_path / "report.json"),
-        "--min-spot-check", "0.9",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "smoke",
+            str(exports["vllm"]),
+            "--backend",
+            "transformers",
+            "--requests",
+            "3",
+            "--max-tokens",
+            str(MAX_TOKENS),
+            "--spot-check-max-tokens",
+            str(MAX_TOKENS),
+            "--dense",
+            str(exports["pruned"]),
+            "--report",
+            str(tmp_path / "report.json"),
+            "--min-spot-check",
+            "0.9",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "output tokens/s" in result.output and "PASS" in result.output
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["throughput"]["tokens_per_s"] > 0 and data["spot_check"]["score"] == 1.0
     assert data["cot_kl"] == pytest.approx(0.0, abs=1e-9)  # the "dense" model here is the served one
+    # Standalone: no plan to compare with, and no context limit on this backend.
+    assert "planned_vs_measured" not in data and data["load"]["max_model_len"] is None
 
 
 # ---- failure paths ------------------------------------------------------------------------------------
 def test_threshold_not_met_exits_1_naming_the_metric(exports, tmp_path):
-    result = CliRunner().invoke(app, [
-        "smoke", str(exports["vllm"]), "--backend", "transformers", "--requests", "1", "--max-tokens", "4",
-        "--spot-check-limit", "1", "--spot-check-max-tokens", "4", "--min-tokens-per-s", "1e9",
-        "--report", str(tmp_path / "report.json"),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "smoke",
+            str(exports["vllm"]),
+            "--backend",
+            "transformers",
+            "--requests",
+            "1",
+            "--max-tokens",
+            "4",
+            "--spot-check-limit",
+            "1",
+            "--spot-check-max-tokens",
+            "4",
+            "--min-tokens-per-s",
+            "1e9",
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+    )
     assert result.exit_code == 1
     assert "FAIL tokens_per_s" in result.output and "needs >= 1e+09" in result.output
     data = json.loads((tmp_path / "report.json").read_text())
@@ -131,14 +180,25 @@ def test_model_that_cannot_load_keeps_the_log_and_leaves_nothing_running(exports
     broken = tmp_path / "broken"
     shutil.copytree(exports["vllm"], broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    result = CliRunner().invoke(app, ["smoke", str(broken), "--backend", "vllm", "--max-model-len", "256",
-                                      "--report", str(tmp_path / "out" / "report.json")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "smoke",
+            str(broken),
+            "--backend",
+            "vllm",
+            "--max-model-len",
+            "256",
+            "--report",
+            str(tmp_path / "out" / "report.json"),
+        ],
+    )
     assert result.exit_code != 0
     message = str(result.exception)
     assert "the vLLM server exited with code" in message and "before it was ready" in message
     assert (tmp_path / "out" / "vllm-server.log").is_file()
     assert not _serving_processes(broken)
-    with pytest.raises(MucraspError, match="the model failed to load"):
+    with pytest.raises(MucraspError, match="not a valid safetensors file"):
         run_smoke(_config(broken, "transformers", tmp_path))
 
 

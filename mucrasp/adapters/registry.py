@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from mucrasp.adapters.base import ArchitectureAdapter
 from mucrasp.errors import MucraspError
@@ -28,6 +28,11 @@ def supported_architectures() -> list[str]:
 EXPORTED_ARCHITECTURE_PREFIX = "Mucrasp"
 
 
+def vllm_per_layer_classes() -> dict[str, str]:
+    """Per-layer architecture name (as `export vllm` writes it) -> the lazy "module:Class" serving it."""
+    return {a.per_layer_architecture: a.vllm_per_layer_class for a in _ADAPTERS.values() if a.vllm_per_layer_class}
+
+
 def get_adapter(architecture: str) -> ArchitectureAdapter:
     try:
         return _ADAPTERS[architecture.removeprefix(EXPORTED_ARCHITECTURE_PREFIX)]
@@ -40,7 +45,5 @@ def get_adapter(architecture: str) -> ArchitectureAdapter:
 def adapter_for_config(config) -> ArchitectureAdapter:
     architectures = getattr(config, "architectures", None) or []
     if not architectures:
-        raise MucraspError(
-            "config.json names no architecture; supported: " + ", ".join(supported_architectures())
-        )
+        raise MucraspError("config.json names no architecture; supported: " + ", ".join(supported_architectures()))
     return get_adapter(architectures[0])

@@ -4,10 +4,16 @@ Each sample is one sequence: the chat-formatted prompt (with the image, if any, 
 processor) followed by the response tokens. The prompt and the response are tokenised separately
 so that the boundary between them, and the character span of every response token (needed to
 find pivots), is exact.
+
+Sequences longer than `max_seq_len` tokens (default: the model's `max_position_embeddings`) are cut,
+with a `CalibrationWarning` naming the record: the response keeps its first tokens (at least half
+the budget when the prompt is long), and the prompt loses tokens from its middle, after its last
+image token, so the image and the end of the chat template stay whole.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +55,12 @@ class CalibrationSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "samples": self.samples, "response_tokens": self.response_tokens,
-            "pivot_window_tokens": self.pivot_window_tokens, "pivot_fraction": round(self.pivot_fraction, 6),
-            "samples_without_markers": self.samples_without_markers, "visual_tokens": self.visual_tokens,
+            "samples": self.samples,
+            "response_tokens": self.response_tokens,
+            "pivot_window_tokens": self.pivot_window_tokens,
+            "pivot_fraction": round(self.pivot_fraction, 6),
+            "samples_without_markers": self.samples_without_markers,
+            "visual_tokens": self.visual_tokens,
         }
 
 
@@ -70,7 +79,9 @@ def load_processor(model_dir: str | Path, vision: bool) -> Any:
     from transformers import AutoProcessor, AutoTokenizer
 
     model_dir = Path(model_dir)
-    has_tokenizer = any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    has_tokenizer = any(
+        (model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+    )
     if not has_tokenizer:
         raise MucraspError(f"{model_dir} has no tokenizer or processor files; calibration needs them to build inputs")
     try:
@@ -100,7 +111,9 @@ def _prompt_inputs(record: CalibrationRecord, processor: Any, vision: bool) -> d
     if not vision:
         if record.image is not None:
             raise MucraspError(f"{record.where}: the record has an image but the model is text-only")
-        text = tokenizer.apply_chat_template([{"role": "user", "content": record.prompt}], add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": record.prompt}], add_generation_prompt=True, tokenize=False
+        )
         return dict(tokenizer(text, add_special_tokens=False, return_tensors="pt"))
     from PIL import Image
 
@@ -112,24 +125,87 @@ def _prompt_inputs(record: CalibrationRecord, processor: Any, vision: bool) -> d
     return dict(processor(text=[text], images=images, return_tensors="pt"))
 
 
-def build_batch(record: CalibrationRecord, processor: Any, pivot_config: PivotConfig, vision: bool, visual_token_ids: tuple[int, ...]) -> CalibrationBatch:
+class CalibrationWarning(UserWarning):
+    """A calibration record was changed to fit (e.g. cut to `max_seq_len`); the run goes on."""
+
+
+def model_max_seq_len(model_config: Any) -> int | None:
+    """The model's context (`max_position_embeddings`, of the text config for VL models)."""
+    for config in (getattr(model_config, "text_config", None), model_config):
+        value = getattr(config, "max_position_embeddings", None) if config is not None else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _fit(
+    record: CalibrationRecord,
+    prompt_ids: torch.Tensor,
+    response_ids: torch.Tensor,
+    visual_token_ids: tuple[int, ...],
+    max_seq_len: int | None,
+) -> tuple[torch.Tensor, int]:
+    """Prompt ids cut to fit, and how many response tokens to keep (see the module docstring)."""
+    prompt_len, response_len = prompt_ids.shape[1], response_ids.shape[1]
+    if max_seq_len is None or prompt_len + response_len <= max_seq_len:
+        return prompt_ids, response_len
+    keep_response = min(response_len, max(max_seq_len - prompt_len, max_seq_len // 2, 1))
+    keep_prompt = max_seq_len - keep_response
+    if keep_prompt < prompt_len:
+        visual = (
+            torch.isin(prompt_ids[0], torch.tensor(visual_token_ids, dtype=torch.long)) if visual_token_ids else None
+        )
+        head = int(visual.nonzero().max()) + 1 if visual is not None and bool(visual.any()) else 0
+        if head >= keep_prompt:
+            raise MucraspError(
+                f"{record.where}: the image alone takes {head} tokens, more than max_seq_len {max_seq_len} allows"
+            )
+        tail = keep_prompt - head
+        index = torch.cat([torch.arange(head), torch.arange(prompt_len - tail, prompt_len)])
+        prompt_ids = prompt_ids[:, index]
+    warnings.warn(
+        f"{record.where}: {prompt_len + response_len} tokens cut to max_seq_len {max_seq_len} "
+        f"(prompt {prompt_len} -> {prompt_ids.shape[1]}, response {response_len} -> {keep_response})",
+        CalibrationWarning,
+        stacklevel=3,
+    )
+    return prompt_ids, keep_response
+
+
+def build_batch(
+    record: CalibrationRecord,
+    processor: Any,
+    pivot_config: PivotConfig,
+    vision: bool,
+    visual_token_ids: tuple[int, ...],
+    max_seq_len: int | None = None,
+) -> CalibrationBatch:
     tokenizer = _tokenizer_of(processor)
     prompt = _prompt_inputs(record, processor, vision)
     encoded = tokenizer(record.response, add_special_tokens=False, return_offsets_mapping=True)
     response_ids = torch.tensor([encoded["input_ids"]], dtype=torch.long)
     if response_ids.shape[1] == 0:
         raise MucraspError(f"{record.where}: `response` has no tokens")
-    prompt_len = prompt["input_ids"].shape[1]
-    input_ids = torch.cat([prompt["input_ids"].long(), response_ids], dim=1)
+    prompt_ids, keep_response = _fit(record, prompt["input_ids"].long(), response_ids, visual_token_ids, max_seq_len)
+    response_ids = response_ids[:, :keep_response]
+    offsets = [tuple(o) for o in encoded["offset_mapping"]][:keep_response]
+    prompt_len = prompt_ids.shape[1]
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
     seq = input_ids.shape[1]
-    inputs = {key: value for key, value in prompt.items() if key not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    inputs = {
+        key: value for key, value in prompt.items() if key not in ("input_ids", "attention_mask", "mm_token_type_ids")
+    }
     inputs["input_ids"] = input_ids
     inputs["attention_mask"] = torch.ones(1, seq, dtype=torch.long)
-    visual = torch.isin(input_ids[0], torch.tensor(visual_token_ids, dtype=torch.long)) if visual_token_ids else torch.zeros(seq, dtype=torch.bool)
+    visual = (
+        torch.isin(input_ids[0], torch.tensor(visual_token_ids, dtype=torch.long))
+        if visual_token_ids
+        else torch.zeros(seq, dtype=torch.bool)
+    )
     if vision:
         # Qwen-VL's M-RoPE finds the image runs from this (1 at image tokens).
         inputs["mm_token_type_ids"] = visual.long()[None, :]
-    pivots = find_pivots(record.response, [tuple(o) for o in encoded["offset_mapping"]], pivot_config)
+    pivots = find_pivots(record.response, offsets, pivot_config)
     response_mask = torch.zeros(seq, dtype=torch.bool)
     response_mask[prompt_len:] = True
     pivot_mask = torch.zeros(seq, dtype=torch.bool)
@@ -143,10 +219,17 @@ def _visual_token_ids(config: Any) -> tuple[int, ...]:
 
 
 def build_batches(
-    records: list[CalibrationRecord], processor: Any, model_config: Any, pivot_config: PivotConfig, vision: bool
+    records: list[CalibrationRecord],
+    processor: Any,
+    model_config: Any,
+    pivot_config: PivotConfig,
+    vision: bool,
+    max_seq_len: int | None = None,
 ) -> list[CalibrationBatch]:
+    """`max_seq_len` None: the model's context (`model_max_seq_len`)."""
     visual_ids = _visual_token_ids(model_config)
-    return [build_batch(r, processor, pivot_config, vision, visual_ids) for r in records]
+    limit = max_seq_len or model_max_seq_len(model_config)
+    return [build_batch(r, processor, pivot_config, vision, visual_ids, limit) for r in records]
 
 
 @dataclass
@@ -160,14 +243,17 @@ class CalibrationSource:
     path: Path
     model_dir: Path
     max_samples: int | None = None
+    max_seq_len: int | None = None  # None: the model's context
 
     def batches(self, model_config: Any, pivot_config: PivotConfig, vision: bool) -> list[CalibrationBatch]:
         records = load_records(self.path, self.max_samples)
         processor = load_processor(self.model_dir, vision)
-        return build_batches(records, processor, model_config, pivot_config, vision)
+        return build_batches(records, processor, model_config, pivot_config, vision, self.max_seq_len)
 
 
-def resolve_batches(calibration: Any, model_config: Any, pivot_config: PivotConfig, vision: bool, method: str) -> list[CalibrationBatch]:
+def resolve_batches(
+    calibration: Any, model_config: Any, pivot_config: PivotConfig, vision: bool, method: str
+) -> list[CalibrationBatch]:
     """Batches from a CalibrationSource (the CLI) or ready-made ones (Python callers)."""
     if calibration is None:
         raise MucraspError(f"method {method!r} needs calibration data (--calib FILE)")

@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MARKERS: tuple[str, ...] = (
-    r"Step \d+:", "Therefore", "Thus", "So", "Hence", "because", "First", "Next", "Finally",
-    "Then", "Since", "Answer:",
+    r"Step \d+:",
+    "Therefore",
+    "Thus",
+    "So",
+    "Hence",
+    "because",
+    "First",
+    "Next",
+    "Finally",
+    "Then",
+    "Since",
+    "Answer:",
 )
 
 
@@ -58,6 +70,8 @@ def equal_interval_pivots(n_tokens: int, interval: int) -> list[int]:
 
 
 def window_mask(n_tokens: int, pivots: list[int], window: int) -> torch.Tensor:
+    import torch
+
     """True at tokens inside any pivot window; windows are clipped at both ends of the sequence."""
     mask = torch.zeros(n_tokens, dtype=torch.bool)
     before = window // 2

@@ -66,8 +66,12 @@ def load_records(path: str | Path, max_samples: int | None = None) -> list[Calib
     if not path.is_file():
         raise MucraspError(f"calibration file {path} does not exist")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MucraspError(f"{path}:{number}: not UTF-8 text (byte {exc.start} of the line)") from None
             if not line.strip():
                 continue
             records.append(_parse_line(line, f"{path}:{number}", path.parent))

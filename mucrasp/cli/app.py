@@ -5,6 +5,10 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from mucrasp.deploy import DeployConfig
+from mucrasp.planning.workload import Workload
+from mucrasp.validation import field_default as _default
+
 app = typer.Typer(
     name="mucrasp-deploy",
     help="Reasoning-aware structured pruning (MuCRASP) and deployment of vision-language models.",
@@ -19,18 +23,36 @@ err_console = Console(stderr=True)
 @app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
-    profile: str = typer.Option(None, "--profile", "-p", help="Run the deployment chain for this profile (name or YAML path)."),
+    profile: str = typer.Option(
+        None, "--profile", "-p", help="Run the deployment chain for this profile (name or YAML path)."
+    ),
     model: Path = typer.Option(None, "--model", help="Model folder; default: the demo model."),
-    target: str = typer.Option("vllm", help="vllm or onnx."),
+    target: str = typer.Option(_default(DeployConfig, "target"), help="vllm or onnx."),
     out: Path = typer.Option(None, "--out", "-o", help="Deployment folder; default: ./deploy-PROFILE."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
-    max_model_len: int = typer.Option(4096, help="Context per sequence, in tokens."),
-    concurrency: int = typer.Option(1, help="Sequences in flight."),
-    target_tokens_per_s: float = typer.Option(0.0, help="Aggregate decode tokens/s to meet; 0: none."),
+    max_model_len: int = typer.Option(_default(Workload, "max_model_len"), help="Context per sequence, in tokens."),
+    concurrency: int = typer.Option(_default(Workload, "concurrency"), help="Sequences in flight."),
+    target_tokens_per_s: float = typer.Option(
+        _default(Workload, "target_tokens_per_s"), help="Aggregate decode tokens/s to meet; 0: none."
+    ),
     dtype: str = typer.Option(None, help="fp32, fp16 or bf16; default: the profile's best 16-bit dtype."),
-    method: str = typer.Option("mucrasp", help="Scoring method for the prune step."),
+    method: str = typer.Option(_default(DeployConfig, "method"), help="Scoring method for the prune step."),
     calib: Path = typer.Option(None, help="Calibration JSONL; default for the demo model: its calibration split."),
     ratio: float = typer.Option(None, help="Prune at this ratio instead of the planner's choice."),
+    max_seq_len: int = typer.Option(
+        None, help="Cut calibration sequences to this many tokens; default: the model's context."
+    ),
+    enforce_target: bool = typer.Option(
+        None,
+        "--enforce-target/--no-enforce-target",
+        help="Fail the smoke test below --target-tokens-per-s; default: only on a GPU host.",
+    ),
+    eval_data: Path = typer.Option(None, help="Held-out JSONL: evaluate the pruned model against the dense one."),
+    eval_limit: int = typer.Option(None, help="Evaluate on the first N records of --eval-data only."),
+    eval_ground_truth: bool = typer.Option(False, help="--eval-data's responses end in true answers: report accuracy."),
+    eval_max_new_tokens: int = typer.Option(
+        _default(DeployConfig, "eval_max_new_tokens"), help="Eval: longest generated chain of thought."
+    ),
 ) -> None:
     """Prune, export and smoke-test models for deployment.
 
@@ -43,19 +65,32 @@ def root(
         raise typer.Exit()
     # Imported here: these import this module for `app` and `console`.
     from mucrasp.cli.progress import rich_progress
-    from mucrasp.deploy import DeployConfig, run_chain
-    from mucrasp.planning import Workload
+    from mucrasp.deploy import run_chain
 
     workload = Workload.create(
         max_model_len=max_model_len, concurrency=concurrency, target_tokens_per_s=target_tokens_per_s, dtype=dtype
     )
-    config = DeployConfig(profile=profile, model=model, target=target, out=out, overwrite=overwrite, workload=workload,
-                          method=method, calibration=calib, ratio=ratio)
+    config = DeployConfig(
+        profile=profile,
+        model=model,
+        target=target,
+        out=out,
+        overwrite=overwrite,
+        workload=workload,
+        method=method,
+        calibration=calib,
+        ratio=ratio,
+        max_seq_len=max_seq_len,
+        enforce_target=enforce_target,
+        eval_data=eval_data,
+        eval_limit=eval_limit,
+        eval_ground_truth=eval_ground_truth,
+        eval_max_new_tokens=eval_max_new_tokens,
+    )
     with rich_progress() as progress:
         report = run_chain(config, progress=progress)
     for step in report.steps:
         console.print(f"[bold]{step['step']}[/]: {step['status']} - {step['detail']}", highlight=False, soft_wrap=True)
-    remaining = f"; still to come: {', '.join(report.remaining)}" if report.remaining else ""
-    console.print(f"deployment folder: {report.out}{remaining}", highlight=False, soft_wrap=True)
+    console.print(f"deployment folder: {report.out}", highlight=False, soft_wrap=True)
     if any(step["status"] == "failed" for step in report.steps):
         raise typer.Exit(1)  # the folder is kept for inspection, but a failed step fails the run

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from mucrasp.cli.app import app, console
 from mucrasp.cli.progress import rich_progress
-from mucrasp.evaluation.evaluate import EvalConfig, evaluate
+from mucrasp.evaluation.evaluate import EvalConfig
+from mucrasp.validation import field_default as _default
 
 
 @app.command("eval")
@@ -17,14 +17,32 @@ def eval_command(
     pruned: Path = typer.Argument(..., help="Pruned checkpoint folder."),
     dense: Path = typer.Option(..., "--dense", help="The dense model it was pruned from."),
     data: Path = typer.Option(..., "--data", help="Held-out records (calibration JSONL format)."),
-    limit: int = typer.Option(None, help="Use only the first N records."),
-    ground_truth: bool = typer.Option(False, help="The data's responses end in true answers: report accuracy."),
-    max_new_tokens: int = typer.Option(96, help="Longest generated chain of thought."),
+    limit: int = typer.Option(_default(EvalConfig, "limit"), help="Use only the first N records."),
+    ground_truth: bool = typer.Option(
+        _default(EvalConfig, "ground_truth"), help="The data's responses end in true answers: report accuracy."
+    ),
+    max_new_tokens: int = typer.Option(
+        _default(EvalConfig, "max_new_tokens"), help="Longest generated chain of thought."
+    ),
     out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
+    overwrite: bool = typer.Option(_default(EvalConfig, "overwrite"), help="Replace the --json file if it exists."),
 ) -> None:
     """Accuracy, CoT KL (all tokens and pivot windows), perplexity and agreement with the dense model."""
-    config = EvalConfig(pruned=pruned, dense=dense, data=data, limit=limit, ground_truth=ground_truth,
-                        max_new_tokens=max_new_tokens, out=out)
+    from rich.table import Table
+
+    from mucrasp.evaluation.evaluate import check_report_path, evaluate
+
+    config = EvalConfig(
+        pruned=pruned,
+        dense=dense,
+        data=data,
+        limit=limit,
+        ground_truth=ground_truth,
+        max_new_tokens=max_new_tokens,
+        out=out,
+        overwrite=overwrite,
+    )
+    check_report_path(config.out, config.overwrite)
     with rich_progress() as progress:
         report = evaluate(config, progress)
     table = Table(title=f"{pruned} against {dense}")

@@ -32,11 +32,15 @@ def export_onnx_command(
     pruned_dir: Path = typer.Argument(..., help="Pruned checkpoint (written by `mucrasp-deploy prune`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the ONNX graphs and manifest.json."),
     dtype: str = typer.Option("fp32", help="fp32 or fp16."),
-    image_size: int = typer.Option(None, help="VL models: the square image size (pixels) the vision graph takes."),
+    image_size: int = typer.Option(
+        None,
+        help="VL models whose vision graph takes one fixed size (Qwen3-VL): the square image size in pixels. "
+        "Qwen2-VL and Qwen2.5-VL graphs take any size.",
+    ),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     """Export ONNX graphs for ONNX Runtime: decoder with past (and vision encoder + embedding for VL)."""
-    from mucrasp.export.onnx_export import export_onnx
+    from mucrasp.export.onnx_export import ONNX_OPSET, export_onnx
 
     result = export_onnx(pruned_dir, out, dtype=dtype, overwrite=overwrite, image_size=image_size)
-    console.print(f"wrote {result.out}: {', '.join(result.graphs)} (opset 18, {dtype}) and manifest.json")
+    console.print(f"wrote {result.out}: {', '.join(result.graphs)} (opset {ONNX_OPSET}, {dtype}) and manifest.json")

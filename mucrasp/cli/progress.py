@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from typing import Callable, Iterator
 
 from mucrasp.cli.app import err_console
-from mucrasp.scoring.base import ProgressCallback
+
+ProgressCallback = Callable[[str, int, int], None]  # as mucrasp.scoring.base defines it (that module loads torch)
 
 
 @contextlib.contextmanager
 def rich_progress() -> Iterator[ProgressCallback]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err_console, transient=False,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
     ) as bar:
         tasks: dict[str, int] = {}
 

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
+from mucrasp.allocation import AllocationSettings
 from mucrasp.cli.app import app, console
 from mucrasp.cli.progress import rich_progress
-from mucrasp.pruning import PruneConfig, PruneReport, prune
-from mucrasp.scoring import get_method
-from mucrasp.scoring.options import parse_assignments
-from mucrasp.scoring.scores_file import load_scores
+from mucrasp.validation import field_default as _default
+
+if TYPE_CHECKING:
+    from mucrasp.pruning import PruneReport
 
 
 @app.command("prune")
@@ -21,21 +22,50 @@ def prune_command(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the pruned checkpoint."),
     ratio: float = typer.Option(0.3, help="Fraction of the decoder's attention+MLP parameters to remove, in [0, 0.9]."),
     method: str = typer.Option(None, help="Scoring method (default: the --scores file's, else magnitude)."),
-    layout: str = typer.Option(None, help="global (per-layer widths) or uniform (stock checkpoint); default: the method's."),
-    align: int = typer.Option(8, help="Kept MLP channels per layer are a multiple of this."),
-    tp: int = typer.Option(1, help="Kept KV groups per layer divide by this tensor-parallel size."),
-    min_mlp_fraction: float = typer.Option(0.10, help="Each layer keeps at least this share of its MLP channels."),
-    min_kv_groups: int = typer.Option(1, help="Each layer keeps at least this many GQA groups."),
+    layout: str = typer.Option(
+        None, help="global (per-layer widths) or uniform (stock checkpoint); default: the method's."
+    ),
+    align: int = typer.Option(
+        _default(AllocationSettings, "align"), help="Kept MLP channels per layer are a multiple of this power of two."
+    ),
+    tp: int = typer.Option(
+        _default(AllocationSettings, "tp"), help="Kept KV groups per layer divide by this tensor-parallel size."
+    ),
+    min_mlp_fraction: float = typer.Option(
+        _default(AllocationSettings, "min_mlp_fraction"),
+        help="Each layer keeps at least this share of its MLP channels.",
+    ),
+    min_kv_groups: int = typer.Option(
+        _default(AllocationSettings, "min_kv_groups"), help="Each layer keeps at least this many GQA groups."
+    ),
     calib: Path = typer.Option(None, help="Calibration JSONL, for methods that need data."),
-    scores: Path = typer.Option(None, help="Scores file from `mucrasp-deploy score`: reuse it instead of scoring again."),
+    scores: Path = typer.Option(
+        None, help="Scores file from `mucrasp-deploy score`: reuse it instead of scoring again."
+    ),
     option: list[str] = typer.Option(None, "--set", help="Method option KEY=VALUE (repeatable), e.g. gamma_base=0.3."),
+    max_seq_len: int = typer.Option(
+        None, help="Cut calibration sequences to this many tokens; default: the model's context."
+    ),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     """Prune MODEL into a smaller dense checkpoint."""
+    from mucrasp.pruning import PruneConfig, prune
+
     config = PruneConfig(
-        model=model, out=out, ratio=ratio, method=method, layout=layout, align=align, tp=tp,
-        min_mlp_fraction=min_mlp_fraction, min_kv_groups=min_kv_groups, calibration=calib, scores=scores,
-        overwrite=overwrite, method_options=method_options(method, scores, option or []),
+        model=model,
+        out=out,
+        ratio=ratio,
+        method=method,
+        layout=layout,
+        align=align,
+        tp=tp,
+        min_mlp_fraction=min_mlp_fraction,
+        min_kv_groups=min_kv_groups,
+        calibration=calib,
+        scores=scores,
+        overwrite=overwrite,
+        max_seq_len=max_seq_len,
+        method_options=method_options(method, scores, option or []),
     )
     with rich_progress() as progress:
         report = prune(config, progress=progress)
@@ -46,6 +76,10 @@ def method_options(method: str | None, scores: Path | None, assignments: list[st
     """Typed options for the method that will run (named, or the one the scores file holds)."""
     if not assignments:
         return {}
+    from mucrasp.scoring import get_method
+    from mucrasp.scoring.options import parse_assignments
+    from mucrasp.scoring.scores_file import load_scores
+
     if method is None and scores is not None:
         method = load_scores(scores)[0].method
     chosen = get_method(method or "magnitude")
@@ -57,6 +91,8 @@ def _fmt(n: int) -> str:
 
 
 def render_prune_report(report: PruneReport) -> None:
+    from rich.table import Table
+
     outcome = report.outcome
     params = Table(title=f"Pruned checkpoint: {report.out}")
     for column in ("parameters", "before", "after", "removed"):

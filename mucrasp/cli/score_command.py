@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from mucrasp.cli.app import app, console
 from mucrasp.cli.progress import rich_progress
-from mucrasp.scoring import get_method
-from mucrasp.scoring.options import parse_assignments
-from mucrasp.scoring.score_job import ScoreConfig, ScoreReport, score_model
+from mucrasp.scoring.score_job import ScoreConfig
+from mucrasp.validation import field_default as _default
+
+if TYPE_CHECKING:
+    from mucrasp.scoring.score_job import ScoreReport
 
 
 @app.command("score")
@@ -19,23 +21,48 @@ def score_command(
     model: Path = typer.Argument(..., help="Model folder (Hugging Face checkpoint with its processor)."),
     calib: Path = typer.Option(None, help="Calibration JSONL (image, prompt, response per line)."),
     out: Path = typer.Option(..., "--out", "-o", help="Scores file to write (safetensors)."),
-    method: str = typer.Option("mucrasp", help="Scoring method."),
-    max_samples: int = typer.Option(None, help="Use only the first N calibration records."),
+    method: str = typer.Option(_default(ScoreConfig, "method"), help="Scoring method."),
+    max_samples: int = typer.Option(
+        _default(ScoreConfig, "max_samples"), help="Use only the first N calibration records."
+    ),
+    max_seq_len: int = typer.Option(
+        _default(ScoreConfig, "max_seq_len"),
+        help="Cut calibration sequences to this many tokens; default: the model's context.",
+    ),
     option: list[str] = typer.Option(None, "--set", help="Method option KEY=VALUE (repeatable), e.g. window=16."),
-    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    overwrite: bool = typer.Option(_default(ScoreConfig, "overwrite"), help="Replace OUT if it exists."),
 ) -> None:
-    """Score MODEL's units on calibration data; `prune --scores OUT --ratio R` reuses the result."""
-    chosen = get_method(method)
+    """Score MODEL's units on calibration data; `prune --scores OUT --ratio R` reuses the result.
+
+    One run at a time writes OUT: a second `score` for the same OUT while the first runs stops at once
+    with one error line (it holds the hidden lock file .OUT.lock beside OUT).
+    """
+    from mucrasp.scoring import get_method
+    from mucrasp.scoring.options import parse_assignments
+    from mucrasp.scoring.score_job import check_score_inputs, score_model
+
     config = ScoreConfig(
-        model=model, out=out, calibration=calib, method=method, max_samples=max_samples, overwrite=overwrite,
-        method_options=parse_assignments(chosen.config_class, option or [], chosen.name),
+        model=model,
+        out=out,
+        calibration=calib,
+        method=method,
+        max_samples=max_samples,
+        max_seq_len=max_seq_len,
+        overwrite=overwrite,
     )
+    chosen = get_method(config.method)
+    config = config.model_copy(
+        update={"method_options": parse_assignments(chosen.config_class, option or [], chosen.name)}
+    )
+    check_score_inputs(config)
     with rich_progress() as progress:
         report = score_model(config, progress=progress)
     render_score_report(report)
 
 
 def render_score_report(report: ScoreReport) -> None:
+    from rich.table import Table
+
     details = report.components.details
     table = Table(title=f"Scores: {report.out}")
     table.add_column("item")

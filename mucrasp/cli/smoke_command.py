@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from mucrasp.cli.app import app, console, err_console
+from mucrasp.serve.config import SmokeConfig
+from mucrasp.validation import field_default as _default
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def _fmt(value, unit: str = "", digits: int = 3) -> str:
@@ -17,6 +22,8 @@ def _fmt(value, unit: str = "", digits: int = 3) -> str:
 
 
 def report_table(data: dict) -> Table:
+    from rich.table import Table
+
     t, m, s = data["throughput"], data["memory"], data["spot_check"]
     table = Table(title=f"smoke test: {data['backend']} on {Path(data['export_dir']).name}", show_header=True)
     table.add_column("metric")
@@ -46,25 +53,41 @@ def report_table(data: dict) -> Table:
 
 @app.command("smoke")
 def smoke_command(
-    export_dir: Path = typer.Argument(..., help="An export: `export vllm` folder (vllm, transformers) or `export onnx` folder (onnx)."),
-    backend: str = typer.Option("vllm", help="vllm, onnx or transformers."),
+    export_dir: Path = typer.Argument(
+        ..., help="An export: `export vllm` folder (vllm, transformers) or `export onnx` folder (onnx)."
+    ),
+    backend: str = typer.Option(_default(SmokeConfig, "backend"), help="vllm, onnx or transformers."),
     offline: bool = typer.Option(False, help="vllm: use vllm.LLM without a server."),
-    requests: int = typer.Option(8, help="Load phase: number of requests."),
-    concurrency: int = typer.Option(4, help="Load phase: requests in flight (vllm)."),
-    max_tokens: int = typer.Option(32, help="Load phase: output tokens per request."),
-    spot_check_limit: int = typer.Option(16, help="Spot-check records to ask (0: all)."),
-    spot_check_max_tokens: int = typer.Option(128, help="Spot-check: longest answer, in tokens."),
+    requests: int = typer.Option(_default(SmokeConfig, "requests"), help="Load phase: number of requests."),
+    concurrency: int = typer.Option(
+        _default(SmokeConfig, "concurrency"), help="Load phase: requests in flight (vllm)."
+    ),
+    max_tokens: int = typer.Option(_default(SmokeConfig, "max_tokens"), help="Load phase: output tokens per request."),
+    spot_check_limit: int = typer.Option(
+        _default(SmokeConfig, "spot_check_limit"), help="Spot-check records to ask (0: all)."
+    ),
+    spot_check_max_tokens: int = typer.Option(
+        _default(SmokeConfig, "spot_check_max_tokens"), help="Spot-check: longest answer, in tokens."
+    ),
     data: Path = typer.Option(None, help="Spot-check JSONL (image, prompt, response) instead of the export's own."),
     tokenizer: Path = typer.Option(None, help="Tokenizer/processor folder when the export has none."),
     dense: Path = typer.Option(None, help="Dense model: adds CoT-token KL (transformers backend)."),
     min_tokens_per_s: float = typer.Option(None, help="Fail below this aggregate output tokens/s."),
-    max_memory_gb: float = typer.Option(None, help="Fail above this peak memory (GB); default with --profile: its memory × utilisation."),
+    max_memory_gb: float = typer.Option(
+        None, help="Fail above this peak memory (GB); default with --profile: its memory × utilisation."
+    ),
     min_spot_check: float = typer.Option(None, help="Fail below this spot-check score (0-1)."),
-    profile: str = typer.Option(None, "--profile", help="Hardware profile: gpu_memory_utilization and the memory limit."),
+    profile: str = typer.Option(
+        None, "--profile", help="Hardware profile: gpu_memory_utilization and the memory limit."
+    ),
     port: int = typer.Option(None, help="vllm: server port on 127.0.0.1; default: a free one."),
-    dtype: str = typer.Option("auto", help="vllm --dtype; auto: float32 on CPU, the model's own on GPU."),
-    max_model_len: int = typer.Option(2048, help="vllm --max-model-len."),
-    kv_cache_gb: float = typer.Option(1.0, help="vllm on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)."),
+    dtype: str = typer.Option(
+        _default(SmokeConfig, "dtype"), help="vllm --dtype; auto: float32 on CPU, the model's own on GPU."
+    ),
+    max_model_len: int = typer.Option(_default(SmokeConfig, "max_model_len"), help="vllm --max-model-len."),
+    kv_cache_gb: float = typer.Option(
+        _default(SmokeConfig, "kv_cache_gb"), help="vllm on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)."
+    ),
     report: Path = typer.Option(None, help="Where report.json goes; default: DIR/report.json."),
 ) -> None:
     """Serve an exported model and measure throughput, latency, peak memory and a reasoning spot-check.
@@ -72,14 +95,32 @@ def smoke_command(
     Exits 1 when a threshold is not met (the failing metric is named), 2 on bad input or a server that
     cannot start.
     """
-    from mucrasp.serve import SmokeConfig, Thresholds, run_smoke
+    from mucrasp.serve import Thresholds, run_smoke
+    from mucrasp.validation import validated
 
+    thresholds = validated(
+        Thresholds,
+        {"min_tokens_per_s": min_tokens_per_s, "max_memory_gb": max_memory_gb, "min_spot_check": min_spot_check},
+    )
     config = SmokeConfig(
-        export_dir=export_dir, backend=backend, offline=offline, requests=requests, concurrency=concurrency,
-        max_tokens=max_tokens, spot_check_limit=spot_check_limit or None, spot_check_max_tokens=spot_check_max_tokens,
-        data=data, processor_dir=tokenizer, dense=dense, profile=profile, port=port, dtype=dtype,
-        max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, report=report,
-        thresholds=Thresholds(min_tokens_per_s, max_memory_gb, min_spot_check),
+        export_dir=export_dir,
+        backend=backend,
+        offline=offline,
+        requests=requests,
+        concurrency=concurrency,
+        max_tokens=max_tokens,
+        spot_check_limit=spot_check_limit or None,
+        spot_check_max_tokens=spot_check_max_tokens,
+        data=data,
+        processor_dir=tokenizer,
+        dense=dense,
+        profile=profile,
+        port=port,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        kv_cache_gb=kv_cache_gb,
+        report=report,
+        thresholds=thresholds,
     )
     with console.status(f"smoke test on {backend}: starting, then {requests} requests"):
         result = run_smoke(config)

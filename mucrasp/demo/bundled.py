@@ -1,8 +1,10 @@
 """Where the bundled demo model and its data live.
 
 The trained demo VLM is committed at `models/demo-vlm/` in the repository (about 11 MB, bf16);
-`make demo-model` reproduces it. Its calibration and test splits are regenerated on demand from
-their seeds, so they are not committed.
+`make demo-model` reproduces it. It installs with the package as package data `mucrasp/demo_model/`
+(pyproject.toml maps `mucrasp.demo_model` to that folder), so a non-editable `pip install` has it
+too. Its calibration and test splits are regenerated on demand from their seeds, so they are not
+committed.
 """
 
 from __future__ import annotations
@@ -14,17 +16,34 @@ from mucrasp.demo.dataset import first_record, write_split
 from mucrasp.errors import MucraspError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: A source checkout (and an editable install, which imports from it): the committed folder.
+CHECKOUT_DEMO_MODEL = REPO_ROOT / "models" / "demo-vlm"
+
+
+def installed_demo_model() -> Path:
+    """Where an installed wheel keeps the demo model (package data next to the `mucrasp` package)."""
+    return Path(__file__).resolve().parents[1] / "demo_model"
 
 
 def bundled_demo_model() -> Path:
-    path = Path(os.environ.get("MUCRASP_DEMO_MODEL", REPO_ROOT / "models" / "demo-vlm"))
-    if not (path / "model.safetensors").is_file():
-        raise MucraspError(f"the demo model is missing at {path}: run `make demo-model` (or pass --model)")
-    return path
+    """The demo model folder: $MUCRASP_DEMO_MODEL, else the installed package data, else the checkout's."""
+    if os.environ.get("MUCRASP_DEMO_MODEL"):
+        candidates = [Path(os.environ["MUCRASP_DEMO_MODEL"])]
+    else:
+        candidates = [installed_demo_model(), CHECKOUT_DEMO_MODEL]
+    for path in candidates:
+        if (path / "model.safetensors").is_file():
+            return path
+    looked = " or ".join(str(p) for p in candidates)
+    raise MucraspError(
+        f"the bundled demo model is missing (looked in {looked}): reinstall mucrasp-deploy, "
+        "run `make demo-model` in a checkout, or pass --model"
+    )
 
 
 def ensure_demo_data(root: Path, splits: tuple[str, ...] = ("calibration", "test")) -> dict[str, Path]:
-    """The named splits (calibration: 128, test: 500, validation: 200) as JSONL files under `root`: written once, rewritten if an older generator wrote them."""
+    """The named splits (calibration: 128, test: 500, validation: 200) as JSONL files under `root`: written once,
+    rewritten if an older generator wrote them."""
     paths = {}
     for split in splits:
         jsonl = Path(root) / split / f"{split}.jsonl"

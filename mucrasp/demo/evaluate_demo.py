@@ -15,7 +15,7 @@ def per_task_results(model, processor: Any, scenes: list[Scene], batch_size: int
     """{task: {"correct": c, "items": n}}, tasks sorted by name."""
     items, correct = collections.Counter(), collections.Counter()
     for start in range(0, len(scenes), batch_size):
-        chunk = scenes[start:start + batch_size]
+        chunk = scenes[start : start + batch_size]
         inputs = vision_prompt_inputs(processor, [s.image for s in chunk], [s.question for s in chunk])
         for scene, response in zip(chunk, greedy_decode(model, processor.tokenizer, inputs, MAX_NEW_TOKENS)):
             items[scene.task] += 1

@@ -111,7 +111,9 @@ def count_by_color(rng: random.Random) -> Scene:
     n_target = rng.randint(0, 4)
     others = [c for c in COLORS if c != target]
     n_other = rng.randint(1, 3)
-    items = [(rng.choice(SHAPES), target) for _ in range(n_target)] + [(rng.choice(SHAPES), rng.choice(others)) for _ in range(n_other)]
+    items = [(rng.choice(SHAPES), target) for _ in range(n_target)] + [
+        (rng.choice(SHAPES), rng.choice(others)) for _ in range(n_other)
+    ]
     rng.shuffle(items)
     image, draw = _canvas()
     for (shape, color), box in zip(items, _place(rng, len(items), 18, 24)):
@@ -123,8 +125,14 @@ def count_by_color(rng: random.Random) -> Scene:
         f"Step 2: The question asks about {target}, so the count is {n_target}. "
         f"Therefore the answer is {n_target}."
     )
-    return Scene("count_by_color", image, f"How many {target} shapes are there?", response, str(n_target),
-                 {"target": target, "count": n_target, "colors": colors})
+    return Scene(
+        "count_by_color",
+        image,
+        f"How many {target} shapes are there?",
+        response,
+        str(n_target),
+        {"target": target, "count": n_target, "colors": colors},
+    )
 
 
 def _plural(n: int, shape: str) -> str:
@@ -148,8 +156,9 @@ def compare_shapes(rng: random.Random) -> Scene:
         f"Step 3: {max(n_first, n_second)} is more than {min(n_first, n_second)}. "
         f"Therefore the answer is {more}s."
     )
-    return Scene("compare_shapes", image, f"Are there more {first}s or {second}s?", response, f"{more}s",
-                 {"counts": counts})
+    return Scene(
+        "compare_shapes", image, f"Are there more {first}s or {second}s?", response, f"{more}s", {"counts": counts}
+    )
 
 
 def left_or_right(rng: random.Random) -> Scene:
@@ -173,8 +182,14 @@ def left_or_right(rng: random.Random) -> Scene:
         f"Therefore the answer is {side}."
     )
     question = f"Is the {color_a} shape left or right of the {color_b} shape?"
-    return Scene("left_or_right", image, question, response, side,
-                 {"a_x": a.center_x, "b_x": b.center_x, "a_color": color_a, "b_color": color_b})
+    return Scene(
+        "left_or_right",
+        image,
+        question,
+        response,
+        side,
+        {"a_x": a.center_x, "b_x": b.center_x, "a_color": color_a, "b_color": color_b},
+    )
 
 
 def _blocks(n: int) -> str:
@@ -199,8 +214,14 @@ def balance(rng: random.Random) -> Scene:
         f"Step 3: The side with more blocks is heavier, so it goes down. "
         f"Therefore the answer is {heavier}."
     )
-    return Scene("balance", image, "All blocks weigh the same. Which side of the balance goes down?", response,
-                 heavier, {"left": n_left, "right": n_right})
+    return Scene(
+        "balance",
+        image,
+        "All blocks weigh the same. Which side of the balance goes down?",
+        response,
+        heavier,
+        {"left": n_left, "right": n_right},
+    )
 
 
 def ramp(rng: random.Random) -> Scene:
@@ -236,8 +257,14 @@ def stacks(rng: random.Random) -> Scene:
         f"Step 3: {n_left} + {n_right} = {total}. "
         f"Therefore the answer is {total}."
     )
-    return Scene("stacks", image, "How many blocks are there in the two stacks together?", response, str(total),
-                 {"left": n_left, "right": n_right})
+    return Scene(
+        "stacks",
+        image,
+        "How many blocks are there in the two stacks together?",
+        response,
+        str(total),
+        {"left": n_left, "right": n_right},
+    )
 
 
 TASKS: dict[str, Callable[[random.Random], Scene]] = {
@@ -267,10 +294,15 @@ def check_answer(scene: Scene) -> None:
     stated = {
         "count_by_color": lambda: f"I count each color: {_tally({c: f['colors'].count(c) for c in COLORS}, COLORS)}.",
         "compare_shapes": lambda: f"I count each shape: {_tally(f['counts'], SHAPES)}.",
-        "left_or_right": lambda: f"I look at each column: {_column_scan({_column(f['a_x']): f['a_color'], _column(f['b_x']): f['b_color']})}.",
+        "left_or_right": lambda: (
+            "I look at each column: "
+            f"{_column_scan({_column(f['a_x']): f['a_color'], _column(f['b_x']): f['b_color']})}."
+        ),
     }.get(scene.task)
     if stated is not None and stated() not in scene.response:
-        raise AssertionError(f"{scene.task}: the chain of thought {scene.response!r} does not match the scene (needs {stated()!r})")
+        raise AssertionError(
+            f"{scene.task}: the chain of thought {scene.response!r} does not match the scene (needs {stated()!r})"
+        )
 
 
 def make_scene(seed: int, task_weights: dict[str, float] | None = None) -> Scene:
@@ -281,7 +313,9 @@ def make_scene(seed: int, task_weights: dict[str, float] | None = None) -> Scene
     """
     rng = random.Random(seed)
     names = sorted(TASKS)
-    task = rng.choice(names) if task_weights is None else rng.choices(names, [task_weights.get(n, 1.0) for n in names])[0]
+    task = (
+        rng.choice(names) if task_weights is None else rng.choices(names, [task_weights.get(n, 1.0) for n in names])[0]
+    )
     scene = TASKS[task](rng)
     check_answer(scene)
     return scene
@@ -293,4 +327,4 @@ def extract_answer(response: str) -> str | None:
     at = response.rfind(marker)
     if at < 0:
         return None
-    return response[at + len(marker):].split(".")[0].strip() or None
+    return response[at + len(marker) :].split(".")[0].strip() or None

@@ -26,8 +26,12 @@ def write_text_traces(model_dir: Path, out_dir: Path, progress=None) -> Path:
         for split in ("calibration", "test"):
             prompts = split_prompts(split)
             records = [CalibrationRecord(None, p, "", f"{split}:{i}") for i, p in enumerate(prompts)]
-            traces = greedy_responses(loaded.model, tokenizer, records, vision=False, max_new_tokens=MAX_NEW_TOKENS, progress=progress)
-            lines = [json.dumps({"image": None, "prompt": p, "response": t}) for p, t in zip(prompts, traces) if t.strip()]
+            traces = greedy_responses(
+                loaded.model, tokenizer, records, vision=False, max_new_tokens=MAX_NEW_TOKENS, progress=progress
+            )
+            lines = [
+                json.dumps({"image": None, "prompt": p, "response": t}) for p, t in zip(prompts, traces) if t.strip()
+            ]
             (staging / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return Path(out_dir)
 
@@ -39,4 +43,6 @@ if __name__ == "__main__":
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    print(write_text_traces(Path(args.model), Path(args.out), progress=lambda d, n, t: print(f"{d}: {n}/{t}", flush=True)))
+    print(
+        write_text_traces(Path(args.model), Path(args.out), progress=lambda d, n, t: print(f"{d}: {n}/{t}", flush=True))
+    )

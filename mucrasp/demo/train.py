@@ -28,7 +28,6 @@ from mucrasp.demo.processor import build_processor, special_token_ids
 from mucrasp.demo.scenes import make_scene
 from mucrasp.demo.vl_inputs import training_inputs
 
-
 # Measured with bench/demo_recipes.py: balance, ramp and stacks are learned within a few hundred
 # steps, the tally and column-scan tasks take a few thousand, so training draws those more often.
 HARD_TASK_WEIGHTS = {"count_by_color": 3.0, "compare_shapes": 3.0, "left_or_right": 4.0}
@@ -82,10 +81,14 @@ class _TrainBatches(torch.utils.data.IterableDataset):
         seeds = iter(split_seeds("train", 1_000_000))
         while True:
             scenes = [make_scene(next(seeds), self.task_weights) for _ in range(self.batch_size)]
-            yield training_inputs(self.processor, [s.image for s in scenes], [s.question for s in scenes], [s.response for s in scenes])
+            yield training_inputs(
+                self.processor, [s.image for s in scenes], [s.question for s in scenes], [s.response for s in scenes]
+            )
 
 
-def train_steps(model, processor: Any, config: TrainConfig, on_step: Callable[[int, float], bool] | None = None) -> list[float]:
+def train_steps(
+    model, processor: Any, config: TrainConfig, on_step: Callable[[int, float], bool] | None = None
+) -> list[float]:
     """Train `model` in place for `config.steps` steps; returns the losses.
 
     `on_step(step, recent_loss)` runs after every step; returning True stops training early.
@@ -95,10 +98,13 @@ def train_steps(model, processor: Any, config: TrainConfig, on_step: Callable[[i
     language = [p for name, p in model.named_parameters() if ".visual." not in f".{name}"]
     optimizer = torch.optim.AdamW(
         [{"params": language, "lr_scale": 1.0}, {"params": vision, "lr_scale": config.vision_lr_scale}],
-        lr=config.learning_rate, weight_decay=config.weight_decay,
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
     )
     batches = torch.utils.data.DataLoader(
-        _TrainBatches(processor, config.batch_size, config.task_weights), batch_size=None, num_workers=config.data_workers,
+        _TrainBatches(processor, config.batch_size, config.task_weights),
+        batch_size=None,
+        num_workers=config.data_workers,
         prefetch_factor=4 if config.data_workers else None,
         # Forked workers draw scenes with the generator exactly as this process has it; spawned ones
         # would re-import it, silently dropping any patch a recipe experiment applied.
@@ -126,8 +132,12 @@ def learning_curve_point(model, processor: Any, scenes: list, step: int, seconds
     tasks = per_task_results(model.eval(), processor, scenes, batch_size)
     model.train()
     correct = sum(r["correct"] for r in tasks.values())
-    return {"step": step, "seconds": round(seconds, 1), "accuracy": correct / len(scenes),
-            "tasks": {t: round(r["correct"] / r["items"], 3) for t, r in tasks.items()}}
+    return {
+        "step": step,
+        "seconds": round(seconds, 1),
+        "accuracy": correct / len(scenes),
+        "tasks": {t: round(r["correct"] / r["items"], 3) for t, r in tasks.items()},
+    }
 
 
 def train(out_dir: Path, config: TrainConfig = TrainConfig()) -> dict:
@@ -192,8 +202,22 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Train the demo VLM on synthetic visual-reasoning scenes.")
     parser.add_argument("--out", default="models/demo-vlm")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--eval-every", type=int, default=TrainConfig.eval_every, help="steps between per-task checks (0: only at the end)")
-    parser.add_argument("--threads", type=int, default=TrainConfig.threads,
-                        help="torch threads; 1 is steadier when other jobs share the cores")
+    parser.add_argument(
+        "--eval-every",
+        type=int,
+        default=TrainConfig.eval_every,
+        help="steps between per-task checks (0: only at the end)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=TrainConfig.threads,
+        help="torch threads; 1 is steadier when other jobs share the cores",
+    )
     args = parser.parse_args()
-    print(json.dumps(train(Path(args.out), TrainConfig(steps=args.steps, threads=args.threads, eval_every=args.eval_every)), indent=2))
+    print(
+        json.dumps(
+            train(Path(args.out), TrainConfig(steps=args.steps, threads=args.threads, eval_every=args.eval_every)),
+            indent=2,
+        )
+    )

@@ -14,14 +14,20 @@ from PIL import Image
 from mucrasp.evaluation.generation import chat_prompt
 
 
-def training_inputs(processor: Any, images: list[Image.Image | None], prompts: list[str], responses: list[str]) -> dict[str, torch.Tensor]:
+def training_inputs(
+    processor: Any, images: list[Image.Image | None], prompts: list[str], responses: list[str]
+) -> dict[str, torch.Tensor]:
     """Right-padded prompt+response sequences with labels on the response (and its end token) only."""
     tokenizer = processor.tokenizer
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     rows, labels, types = [], [], []
     pixel_values, grids = [], []
     for image, prompt, response in zip(images, prompts, responses):
-        encoded = processor(text=[chat_prompt(processor, prompt, image is not None)], images=[image] if image else None, return_tensors="pt")
+        encoded = processor(
+            text=[chat_prompt(processor, prompt, image is not None)],
+            images=[image] if image else None,
+            return_tensors="pt",
+        )
         prompt_ids = encoded["input_ids"][0].tolist()
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [end]
         rows.append(prompt_ids + response_ids)

@@ -18,16 +18,36 @@ N_CALIBRATION = 128
 TEMPLATES = [
     lambda r, n, i: f"{n} has {r.randint(2, 9)} {i} and buys {r.randint(2, 9)} more. How many {i} does {n} have now?",
     lambda r, n, i: f"{n} had {r.randint(10, 20)} {i} and gave away {r.randint(2, 9)}. How many {i} are left?",
-    lambda r, n, i: f"There are {r.randint(2, 6)} boxes with {r.randint(2, 9)} {i} in each box. How many {i} are there in total?",
-    lambda r, n, i: f"{n} shares {r.choice([12, 16, 18, 20, 24])} {i} equally among {r.choice([2, 4])} friends. How many {i} does each friend get?",
-    lambda r, n, i: f"A train leaves at {r.randint(1, 9)} o'clock and travels for {r.randint(2, 3)} hours. At what time does it arrive?",
-    lambda r, n, i: f"{n} is {r.randint(8, 15)} years old. Her brother is {r.randint(2, 6)} years older. How old is her brother?",
-    lambda r, n, i: f"A pencil costs {r.randint(2, 5)} dollars and a notebook costs {r.randint(3, 8)} dollars. How much do {r.randint(2, 3)} pencils and one notebook cost?",
-    lambda r, n, i: f"{n} reads {r.randint(5, 15)} pages every day. How many pages does {n} read in {r.randint(3, 7)} days?",
+    lambda r, n, i: (
+        f"There are {r.randint(2, 6)} boxes with {r.randint(2, 9)} {i} in each box. How many {i} are there in total?"
+    ),
+    lambda r, n, i: (
+        f"{n} shares {r.choice([12, 16, 18, 20, 24])} {i} equally among {r.choice([2, 4])} friends. "
+        f"How many {i} does each friend get?"
+    ),
+    lambda r, n, i: (
+        f"A train leaves at {r.randint(1, 9)} o'clock and travels for {r.randint(2, 3)} hours. "
+        "At what time does it arrive?"
+    ),
+    lambda r, n, i: (
+        f"{n} is {r.randint(8, 15)} years old. Her brother is {r.randint(2, 6)} years older. How old is her brother?"
+    ),
+    lambda r, n, i: (
+        f"A pencil costs {r.randint(2, 5)} dollars and a notebook costs {r.randint(3, 8)} dollars. "
+        f"How much do {r.randint(2, 3)} pencils and one notebook cost?"
+    ),
+    lambda r, n, i: (
+        f"{n} reads {r.randint(5, 15)} pages every day. How many pages does {n} read in {r.randint(3, 7)} days?"
+    ),
     lambda r, n, i: f"Which is heavier, a kilogram of feathers or {r.randint(2, 5)} kilograms of stones? Explain.",
     lambda r, n, i: f"If all cats are animals and {n}'s pet is a cat, is {n}'s pet an animal? Explain your reasoning.",
-    lambda r, n, i: f"A rectangle is {r.randint(2, 9)} meters long and {r.randint(2, 9)} meters wide. What is its area?",
-    lambda r, n, i: f"{n} walks {r.randint(2, 5)} kilometers to school and back every day. How far does {n} walk in {r.randint(2, 5)} days?",
+    lambda r, n, i: (
+        f"A rectangle is {r.randint(2, 9)} meters long and {r.randint(2, 9)} meters wide. What is its area?"
+    ),
+    lambda r, n, i: (
+        f"{n} walks {r.randint(2, 5)} kilometers to school and back every day. "
+        f"How far does {n} walk in {r.randint(2, 5)} days?"
+    ),
 ]
 
 

@@ -12,7 +12,7 @@ def final_answer(response: str) -> str | None:
     marker = "the answer is "
     at = response.lower().rfind(marker)
     if at >= 0:
-        tail = response[at + len(marker):].split(".")[0].strip()
+        tail = response[at + len(marker) :].split(".")[0].strip()
         return tail.lower() or None
     numbers = _NUMBER.findall(response)
     if numbers:

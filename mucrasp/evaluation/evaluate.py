@@ -9,32 +9,37 @@ with ground truth such as the demo scenes, with the true answers (accuracy).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from mucrasp.atomic_io import write_json_atomic
-from mucrasp.calibration.batches import build_batches, load_processor
+from pydantic import Field
+
 from mucrasp.calibration.pivots import PivotConfig
 from mucrasp.calibration.records import CalibrationRecord, load_records
+from mucrasp.errors import MucraspError
 from mucrasp.evaluation.answers import final_answer
-from mucrasp.evaluation.generation import greedy_responses
-from mucrasp.evaluation.metrics import DivergenceTotals, accumulate_divergence
-from mucrasp.model_loading import load_model
-from mucrasp.scoring.base import ProgressCallback, _no_progress
+from mucrasp.validation import JobConfig
+
+if TYPE_CHECKING:
+    ProgressCallback = Callable[[str, int, int], None]
 
 
-@dataclass
-class EvalConfig:
+def _no_progress(description: str, done: int, total: int) -> None:
+    return None
+
+
+class EvalConfig(JobConfig):
     pruned: Path
     dense: Path
     data: Path  # calibration-format JSONL of held-out prompts (its responses: ground truth, if any)
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)  # only the first N records; None: all
     ground_truth: bool = False  # the data's responses end in true answers (the demo scenes do)
-    max_new_tokens: int = 96
-    batch_size: int = 16
+    max_new_tokens: int = Field(96, ge=1)
+    batch_size: int = Field(16, ge=1)
     out: Path | None = None  # write the report as JSON here
-    pivot: PivotConfig = field(default_factory=PivotConfig)
+    overwrite: bool = False  # replace an existing `out`
+    pivot: PivotConfig = Field(default_factory=PivotConfig)
 
 
 @dataclass
@@ -45,9 +50,19 @@ class DenseReference:
     truths: list[str | None]  # the data's own final answers (ground truth where it has it)
 
 
-def dense_reference(dense, processor, data_records: list[CalibrationRecord], vision: bool, config: EvalConfig,
-                    progress: ProgressCallback = _no_progress) -> DenseReference:
-    traces = greedy_responses(dense, processor, data_records, vision, config.max_new_tokens, config.batch_size, progress)
+def dense_reference(
+    dense,
+    processor,
+    data_records: list[CalibrationRecord],
+    vision: bool,
+    config: EvalConfig,
+    progress: ProgressCallback = _no_progress,
+) -> DenseReference:
+    from mucrasp.evaluation.generation import greedy_responses
+
+    traces = greedy_responses(
+        dense, processor, data_records, vision, config.max_new_tokens, config.batch_size, progress
+    )
     records = [
         CalibrationRecord(r.image, r.prompt, trace if trace else " ", f"{r.where} (dense trace)")
         for r, trace in zip(data_records, traces)
@@ -55,15 +70,30 @@ def dense_reference(dense, processor, data_records: list[CalibrationRecord], vis
     return DenseReference(records, [final_answer(r.response) for r in data_records])
 
 
-def compare(dense, pruned, processor, reference: DenseReference, vision: bool, config: EvalConfig,
-            progress: ProgressCallback = _no_progress) -> dict[str, Any]:
+def compare(
+    dense,
+    pruned,
+    processor,
+    reference: DenseReference,
+    vision: bool,
+    config: EvalConfig,
+    progress: ProgressCallback = _no_progress,
+) -> dict[str, Any]:
+    from mucrasp.calibration.batches import build_batches
+    from mucrasp.evaluation.generation import greedy_responses
+    from mucrasp.evaluation.metrics import DivergenceTotals, accumulate_divergence
+
     batches = build_batches(reference.records, processor, dense.config, config.pivot, vision)
     totals = DivergenceTotals()
     for i, batch in enumerate(batches):
         accumulate_divergence(dense, pruned, batch, totals)
         progress("CoT divergence", i + 1, len(batches))
-    answers = [final_answer(r) for r in greedy_responses(
-        pruned, processor, reference.records, vision, config.max_new_tokens, config.batch_size, progress)]
+    answers = [
+        final_answer(r)
+        for r in greedy_responses(
+            pruned, processor, reference.records, vision, config.max_new_tokens, config.batch_size, progress
+        )
+    ]
     dense_answers = [final_answer(r.response) for r in reference.records]
     metrics: dict[str, Any] = {"items": len(batches), **totals.as_metrics()}
     metrics["agreement"] = sum(a == d for a, d in zip(answers, dense_answers)) / len(answers)
@@ -73,15 +103,33 @@ def compare(dense, pruned, processor, reference: DenseReference, vision: bool, c
     return metrics
 
 
+def check_report_path(out: Path | None, overwrite: bool) -> None:
+    if out is not None and Path(out).exists() and not overwrite:
+        raise MucraspError(f"{out} already exists (pass --overwrite to replace it)")
+    if out is not None:
+        from mucrasp.atomic_io import check_writable
+
+        check_writable(Path(out))  # before the evaluation runs, not after
+
+
 def evaluate(config: EvalConfig, progress: ProgressCallback = _no_progress) -> dict[str, Any]:
+    from mucrasp.atomic_io import write_json_atomic
+    from mucrasp.calibration.batches import load_processor
+    from mucrasp.model_loading import load_model
+
+    check_report_path(config.out, config.overwrite)
     data_records = load_records(config.data, config.limit)
     dense = load_model(config.dense)
     pruned = load_model(config.pruned)
     vision = dense.adapter.is_vision_language
     processor = load_processor(config.dense, vision)
     reference = dense_reference(dense.model, processor, data_records, vision, config, progress)
-    report = {"pruned": str(config.pruned), "dense": str(config.dense), "data": str(config.data),
-              **compare(dense.model, pruned.model, processor, reference, vision, config, progress)}
+    report = {
+        "pruned": str(config.pruned),
+        "dense": str(config.dense),
+        "data": str(config.data),
+        **compare(dense.model, pruned.model, processor, reference, vision, config, progress),
+    }
     manifest = Path(config.pruned) / "pruning.json"
     if manifest.is_file():
         pruning = json.loads(manifest.read_text())

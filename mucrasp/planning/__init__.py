@@ -5,6 +5,13 @@ from mucrasp.planning.profiles import Profile, list_profiles, load_profile
 from mucrasp.planning.workload import Workload
 
 __all__ = [
-    "Plan", "PlanRow", "Profile", "Workload", "list_profiles", "load_profile",
-    "plan_all_profiles", "plan_for_config", "plan_model",
+    "Plan",
+    "PlanRow",
+    "Profile",
+    "Workload",
+    "list_profiles",
+    "load_profile",
+    "plan_all_profiles",
+    "plan_for_config",
+    "plan_model",
 ]

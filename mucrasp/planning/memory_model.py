@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mucrasp.planning.model_shape import ModelShape
 from mucrasp.planning.profiles import DTYPE_BYTES, Profile
 from mucrasp.planning.workload import Workload
+
+if TYPE_CHECKING:
+    from mucrasp.planning.model_shape import ModelShape
 
 # Sampling keeps logits in fp32 whatever the weights' dtype.
 LOGIT_BYTES = 4
@@ -48,7 +51,9 @@ def activation_bytes(shape: ModelShape, workload: Workload, dtype: str) -> float
     return tokens * per_token + workload.concurrency * shape.vocab_size * LOGIT_BYTES
 
 
-def estimate_memory(shape: ModelShape, ratio: float, workload: Workload, profile: Profile, dtype: str) -> MemoryEstimate:
+def estimate_memory(
+    shape: ModelShape, ratio: float, workload: Workload, profile: Profile, dtype: str
+) -> MemoryEstimate:
     size = DTYPE_BYTES[dtype]
     return MemoryEstimate(
         vision_bytes=shape.vision_params * size,

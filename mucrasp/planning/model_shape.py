@@ -15,7 +15,6 @@ from transformers import PretrainedConfig
 
 from mucrasp.adapters.base import ArchitectureAdapter
 from mucrasp.checkpoint import per_layer_widths
-from mucrasp.errors import MucraspError
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,12 @@ class ModelShape:
     vocab_size: int
 
     def text_params(self, ratio: float) -> int:
-        return self.embedding_params + self.lm_head_params + self.decoder_fixed_params + round(self.prunable_params * (1 - ratio))
+        return (
+            self.embedding_params
+            + self.lm_head_params
+            + self.decoder_fixed_params
+            + round(self.prunable_params * (1 - ratio))
+        )
 
     def total_params(self, ratio: float) -> int:
         return self.vision_params + self.text_params(ratio)
@@ -53,37 +57,6 @@ class ModelShape:
         return self.kv_heads_total(ratio) * self.group_size
 
 
-def _qkv_bias(text: PretrainedConfig) -> bool:
-    explicit = getattr(text, "attention_bias", None)
-    # Qwen2 families always carry q/k/v biases and have no flag for it.
-    return bool(explicit) if explicit is not None else text.model_type.startswith("qwen2")
-
-
-def vision_params(config: PretrainedConfig) -> int:
-    vc = getattr(config, "vision_config", None)
-    if vc is None:
-        return 0
-    in_ch = getattr(vc, "in_channels", None) or getattr(vc, "in_chans", 3)
-    patch = in_ch * vc.temporal_patch_size * vc.patch_size**2
-    merge = vc.spatial_merge_size**2
-    if config.model_type == "qwen2_5_vl":
-        d, i, out = vc.hidden_size, vc.intermediate_size, vc.out_hidden_size
-        # RMSNorms; qkv and proj with bias; gated MLP with biases.
-        block = 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * (d * i + i) + (i * d + d)
-        ln_q = d
-    elif config.model_type == "qwen2_vl":
-        d, out = vc.embed_dim, vc.hidden_size
-        i = int(d * vc.mlp_ratio)
-        # LayerNorms (weight and bias); qkv and proj with bias; fc1/fc2 MLP with biases.
-        block = 4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * i + i) + (i * d + d)
-        ln_q = 2 * d
-    else:
-        raise MucraspError(f"cannot size the vision tower of model type {config.model_type!r}")
-    merged = d * merge
-    merger = ln_q + (merged * merged + merged) + (merged * out + out)
-    return d * patch + vc.depth * block + merger
-
-
 def model_shape(config: PretrainedConfig, adapter: ArchitectureAdapter) -> ModelShape:
     text = adapter.text_config(config)
     hidden, layers = text.hidden_size, text.num_hidden_layers
@@ -91,19 +64,19 @@ def model_shape(config: PretrainedConfig, adapter: ArchitectureAdapter) -> Model
     widths = per_layer_widths(config, adapter)
     mlp, kv = widths if widths else ([text.intermediate_size] * layers, [text.num_key_value_heads] * layers)
     mlp_bias = bool(getattr(text, "mlp_bias", False))
-    qkv_bias = _qkv_bias(text)
+    qkv_bias = adapter.qkv_bias(config)
     o_bias = bool(getattr(text, "attention_bias", False))
     # What one unit carries, as in ArchitectureAdapter.mlp_channel_cost / attn_group_cost.
     mlp_cost = 3 * hidden + 2 * mlp_bias
     group_cost = (group + 2) * head_dim * hidden + group * head_dim * hidden + qkv_bias * (group + 2) * head_dim
     prunable = sum(m * mlp_cost + g * group_cost for m, g in zip(mlp, kv))
-    # Two norms per layer, plus the down/o biases that stay whatever is cut; then the final norm.
-    fixed = layers * (2 * hidden + mlp_bias * hidden + o_bias * hidden) + hidden
+    # The layer's norms, plus the down/o biases that stay whatever is cut; then the final norm.
+    fixed = layers * (adapter.layer_norm_params(config) + mlp_bias * hidden + o_bias * hidden) + hidden
     embedding = text.vocab_size * hidden
     tied = bool(getattr(config, "tie_word_embeddings", False))
     return ModelShape(
         architecture=adapter.architecture,
-        vision_params=vision_params(config),
+        vision_params=adapter.vision_params(config),
         embedding_params=embedding,
         lm_head_params=0 if tied else embedding,
         decoder_fixed_params=fixed,

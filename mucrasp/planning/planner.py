@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import PretrainedConfig
-
-from mucrasp.adapters.base import ArchitectureAdapter
 from mucrasp.errors import MucraspError
 from mucrasp.planning.memory_model import estimate_memory
-from mucrasp.planning.model_shape import ModelShape, model_shape
 from mucrasp.planning.profiles import Profile, list_profiles, load_profile
 from mucrasp.planning.throughput_model import estimate_throughput
 from mucrasp.planning.workload import Workload
 
+if TYPE_CHECKING:  # transformers and the adapters load torch: imported where a model is read
+    from transformers import PretrainedConfig
+
+    from mucrasp.adapters.base import ArchitectureAdapter
+    from mucrasp.planning.model_shape import ModelShape
+
 GB = 1e9
 ASSUMPTIONS = [
     "ratio R removes R of the decoder's attention+MLP projection parameters; KV heads shrink by R too",
-    "decode reads every weight of the decoder and output head once per step, plus each sequence's KV cache at full context",
+    "decode reads every weight of the decoder and output head once per step, "
+    "plus each sequence's KV cache at full context",
     "throughput is a roofline bound at the profile's peak bandwidth and dense FLOPs",
     "GB = 1e9 bytes",
 ]
@@ -120,19 +123,28 @@ def plan_for_config(
     suggest_profiles: bool = True,
 ) -> Plan:
     """Evaluate every ratio on the grid and choose the smallest that fits and meets the target."""
+    from mucrasp.planning.model_shape import model_shape
+
     grid = ratio_grid(step, max_ratio)
     dtype = workload.dtype_for(profile)
     shape = model_shape(config, adapter)
     rows = [evaluate(shape, r, workload, profile, dtype) for r in grid]
     plan = Plan(
-        model=model_name or adapter.architecture, profile=profile.name, dtype=dtype,
-        workload=workload.model_dump(), parameters=shape.total_params(0), rows=rows, ratio=None, message="",
+        model=model_name or adapter.architecture,
+        profile=profile.name,
+        dtype=dtype,
+        workload=workload.model_dump(),
+        parameters=shape.total_params(0),
+        rows=rows,
+        ratio=None,
+        message="",
     )
     chosen = next((r for r in rows if r.ok), None)
     if chosen is not None:
         plan.ratio = chosen.ratio
         plan.message = (
-            f"no pruning needed: the model fits {profile.name} with {chosen.budget_gb - chosen.total_gb:.1f} GB to spare"
+            f"no pruning needed: the model fits {profile.name} "
+            f"with {chosen.budget_gb - chosen.total_gb:.1f} GB to spare"
             if chosen.ratio == 0
             else f"prune at ratio {chosen.ratio:g} to fit {profile.name}"
         )
@@ -153,7 +165,9 @@ def plan_for_config(
     return plan
 
 
-def plan_model(model: str | Path, profile: str | Path | Profile, workload: Workload, step: float = 0.05, max_ratio: float = 0.5) -> Plan:
+def plan_model(
+    model: str | Path, profile: str | Path | Profile, workload: Workload, step: float = 0.05, max_ratio: float = 0.5
+) -> Plan:
     """Plan for the model folder at `model` (its config only) on a profile given by name, path or object."""
     from mucrasp.model_loading import read_model_config
 
@@ -162,7 +176,9 @@ def plan_model(model: str | Path, profile: str | Path | Profile, workload: Workl
     return plan_for_config(config, adapter, profile, workload, step, max_ratio, model_name=str(model))
 
 
-def plan_all_profiles(model: str | Path, workload: Workload, step: float = 0.05, max_ratio: float = 0.5) -> list[Plan | MucraspError]:
+def plan_all_profiles(
+    model: str | Path, workload: Workload, step: float = 0.05, max_ratio: float = 0.5
+) -> list[Plan | MucraspError]:
     """One plan per known profile (or the error that stopped it, e.g. an unsupported dtype)."""
     from mucrasp.model_loading import read_model_config
 
@@ -171,7 +187,9 @@ def plan_all_profiles(model: str | Path, workload: Workload, step: float = 0.05,
     for name in list_profiles():
         try:
             profile = load_profile(name)
-            plans.append(plan_for_config(config, adapter, profile, workload, step, max_ratio, str(model), suggest_profiles=False))
+            plans.append(
+                plan_for_config(config, adapter, profile, workload, step, max_ratio, str(model), suggest_profiles=False)
+            )
         except MucraspError as exc:
             plans.append(exc)
     return plans

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from mucrasp.planning.planner import Plan
@@ -16,8 +17,12 @@ def plot_plan(plan: Plan, path: Path) -> Path:
     ratios = [r.ratio for r in plan.rows]
     fig, (mem, speed) = plt.subplots(1, 2, figsize=(11, 4))
     mem.stackplot(
-        ratios, [r.weights_gb for r in plan.rows], [r.kv_gb for r in plan.rows],
-        [r.activation_gb + r.reserve_gb for r in plan.rows], labels=["weights", "KV cache", "activations + runtime"], alpha=0.7,
+        ratios,
+        [r.weights_gb for r in plan.rows],
+        [r.kv_gb for r in plan.rows],
+        [r.activation_gb + r.reserve_gb for r in plan.rows],
+        labels=["weights", "KV cache", "activations + runtime"],
+        alpha=0.7,
     )
     mem.axhline(plan.rows[0].budget_gb, color="red", linestyle="--", label=f"{plan.profile} budget")
     mem.set(xlabel="pruning ratio", ylabel="GB", title="Serving memory")
@@ -33,11 +38,10 @@ def plot_plan(plan: Plan, path: Path) -> Path:
             axis.axvline(plan.ratio, color="green", linestyle=":")
     fig.suptitle(f"{Path(plan.model).name} on {plan.profile}, {plan.dtype}")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Render to a sibling, then rename: the PNG appears whole or not at all.
-    partial = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(partial, dpi=100)
+    from mucrasp.atomic_io import write_bytes_atomic
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    partial.replace(path)
-    return path
+    write_bytes_atomic(Path(path), buffer.getvalue())  # the PNG appears whole or not at all
+    return Path(path)

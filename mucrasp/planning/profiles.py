@@ -21,7 +21,8 @@ class Profile(BaseModel):
     """One serving host. Memory, bandwidth and throughput are per GPU; `gpu_count` multiplies them
     (tensor parallelism assumed to split weights, KV cache and work evenly)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `memory_gb: .inf` (or nan) is refused, not planned against.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     description: str = ""
@@ -40,7 +41,9 @@ class Profile(BaseModel):
         if unknown:
             raise ValueError(f"dtypes: unknown dtype {unknown[0]!r} (known: {', '.join(DTYPE_BYTES)})")
         if self.runtime_reserve_gb >= self.memory_gb * self.gpu_memory_utilization:
-            raise ValueError("runtime_reserve_gb: leaves no memory for the model (must be below memory_gb × gpu_memory_utilization)")
+            raise ValueError(
+                "runtime_reserve_gb: leaves no memory for the model (must be below memory_gb × gpu_memory_utilization)"
+            )
         return self
 
     @property
@@ -65,15 +68,16 @@ class Profile(BaseModel):
 
 
 def _error_line(source: str, exc: ValidationError) -> str:
+    """Profiles word the shared `mucrasp.validation.error_line` as "field 'NAME'" (their files' keys)."""
+    from mucrasp.validation import error_line
+
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"])
     if err["type"] == "missing":
         return f"profile {source}: missing field '{field}'"
     if err["type"] == "extra_forbidden":
         return f"profile {source}: unknown field '{field}'"
-    message = err["msg"].removeprefix("Value error, ")
-    if not field:  # raised by _consistent, whose message starts with the field
-        field, _, message = message.partition(": ")
+    field, _, message = error_line(exc).partition(": ")
     return f"profile {source}: field '{field}': {message}"
 
 
@@ -118,8 +122,21 @@ def list_profiles() -> list[str]:
     return list(profile_paths())
 
 
-def load_profile(name_or_path: str | Path) -> Profile:
-    """A profile by name (user folder, then bundled) or by path to a YAML file."""
+def check_profile_name(name: str) -> str:
+    """A profile name is a file stem in the profile folder: not empty, no path separators, no '..'."""
+    if not name or not name.strip():
+        raise MucraspError("name: a profile name must not be empty")
+    if "/" in name or "\\" in name or (os.altsep and os.altsep in name) or name in (".", "..") or ".." in name:
+        raise MucraspError(f"name: {name!r} is not a profile name (no path separators or '..'; use --out for a path)")
+    if name.startswith("."):
+        raise MucraspError(f"name: {name!r} is not a profile name (must not start with '.')")
+    return name
+
+
+def load_profile(name_or_path: str | Path | Profile) -> Profile:
+    """A profile by name (user folder, then bundled), by path to a YAML file, or one already loaded."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
     text = str(name_or_path)
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or os.sep in text or path.is_file():

@@ -7,11 +7,14 @@ profile they are what this machine achieved in a plain copy and matmul.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mucrasp.planning.memory_model import kv_bytes_per_token
-from mucrasp.planning.model_shape import ModelShape
 from mucrasp.planning.profiles import DTYPE_BYTES, Profile
 from mucrasp.planning.workload import Workload
+
+if TYPE_CHECKING:
+    from mucrasp.planning.model_shape import ModelShape
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,9 @@ def _attention_flops(shape: ModelShape, ratio: float, context: float) -> float:
     return 4 * shape.query_heads_total(ratio) * shape.head_dim * context
 
 
-def estimate_throughput(shape: ModelShape, ratio: float, workload: Workload, profile: Profile, dtype: str) -> ThroughputEstimate:
+def estimate_throughput(
+    shape: ModelShape, ratio: float, workload: Workload, profile: Profile, dtype: str
+) -> ThroughputEstimate:
     n, context = workload.concurrency, workload.max_model_len
     read_params = shape.decode_read_params(ratio)
     # Worst case: every sequence in flight at the full context, so each step reads its whole KV cache.
@@ -35,7 +40,9 @@ def estimate_throughput(shape: ModelShape, ratio: float, workload: Workload, pro
     memory_s = step_bytes / profile.bandwidth_bytes_per_s
     compute_s = step_flops / profile.flops_per_s
     # The output head runs once per prompt, not per prompt token; past tokens average half the context.
-    prefill_flops_per_token = 2 * (read_params - (shape.lm_head_params or shape.embedding_params)) + _attention_flops(shape, ratio, context / 2)
+    prefill_flops_per_token = 2 * (read_params - (shape.lm_head_params or shape.embedding_params)) + _attention_flops(
+        shape, ratio, context / 2
+    )
     return ThroughputEstimate(
         decode_tokens_per_s=n / max(memory_s, compute_s),
         decode_bound="memory" if memory_s >= compute_s else "compute",

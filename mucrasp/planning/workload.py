@@ -21,17 +21,20 @@ class Workload(BaseModel):
     @classmethod
     def create(cls, **fields) -> "Workload":
         """Validate user-given fields into one MucraspError naming the field."""
+        from mucrasp.validation import error_line
+
         try:
             return cls(**fields)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise MucraspError(f"workload field '{field}': {err['msg']}") from None
+            field, _, message = error_line(exc).partition(": ")
+            raise MucraspError(f"workload field '{field}': {message}") from None
 
     def dtype_for(self, profile: Profile) -> str:
         dtype = self.dtype or profile.default_dtype()
         if dtype not in DTYPE_BYTES:
             raise MucraspError(f"workload field 'dtype': unknown dtype {dtype!r} (known: {', '.join(DTYPE_BYTES)})")
         if dtype not in profile.dtypes:
-            raise MucraspError(f"profile {profile.name} does not support dtype {dtype} (supports: {', '.join(profile.dtypes)})")
+            raise MucraspError(
+                f"profile {profile.name} does not support dtype {dtype} (supports: {', '.join(profile.dtypes)})"
+            )
         return dtype

@@ -1,12 +1,27 @@
-"""Scoring methods. A new method is one module here plus one line in the import list below."""
+"""Scoring methods. A new method is one module here plus one name in `registry.BUILTIN_METHODS`.
 
-from mucrasp.scoring.base import ScoringContext, ScoringMethod, ScoringResult, normalize_per_unit_type
+The method modules import torch; they load on first use (`get_method`, `available_methods`, or
+any name below), so importing a config such as `mucrasp.scoring.score_job.ScoreConfig` stays cheap.
+"""
+
 from mucrasp.scoring.registry import available_methods, get_method, register_method
 
-# Importing a method module registers it.
-from mucrasp.scoring import flap, llm_pruner, magnitude, mucrasp_method, random_method, taylor, wanda_sp  # noqa: E402,F401
+_FROM_BASE = ("ScoringContext", "ScoringMethod", "ScoringResult", "normalize_per_unit_type")
 
 __all__ = [
-    "ScoringContext", "ScoringMethod", "ScoringResult", "available_methods", "get_method",
-    "normalize_per_unit_type", "register_method",
+    "ScoringContext",
+    "ScoringMethod",
+    "ScoringResult",
+    "available_methods",
+    "get_method",
+    "normalize_per_unit_type",
+    "register_method",
 ]
+
+
+def __getattr__(name: str):
+    if name in _FROM_BASE:
+        from mucrasp.scoring import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'mucrasp.scoring' has no attribute {name!r}")

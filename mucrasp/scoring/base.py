@@ -55,6 +55,9 @@ class ScoreComponents:
     layer_stats: dict[str, torch.Tensor] = field(default_factory=dict)  # one value per decoder layer
     details: dict[str, Any] = field(default_factory=dict)
     internals: dict[str, Any] = field(default_factory=dict)  # not saved
+    #: Saved: per-layer tensors of any length that the method needs at prune time (FLAP's calibration
+    #: means for its bias compensation), so that pruning from a scores file needs no calibration data.
+    per_layer: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 class ScoringMethod:
@@ -73,7 +76,9 @@ class ScoringMethod:
     def score(self, model: PreTrainedModel, adapter: ArchitectureAdapter, context: ScoringContext) -> ScoringResult:
         return self.fuse(self.components(model, adapter, context), context)
 
-    def components(self, model: PreTrainedModel, adapter: ArchitectureAdapter, context: ScoringContext) -> ScoreComponents:
+    def components(
+        self, model: PreTrainedModel, adapter: ArchitectureAdapter, context: ScoringContext
+    ) -> ScoreComponents:
         """The measured parts; methods that only override `score` store their values as-is."""
         if type(self).score is ScoringMethod.score:
             raise NotImplementedError(f"{type(self).__name__} implements neither score nor components")
@@ -84,10 +89,14 @@ class ScoringMethod:
         """Unit values for `context.ratio` from the measured parts (the default: stored values)."""
         return ScoringResult(components.unit_scores["values"], dict(components.details), dict(components.internals))
 
-    def before_slicing(self, model: PreTrainedModel, adapter: ArchitectureAdapter, plan: KeepPlan, result: ScoringResult) -> None:
+    def before_slicing(
+        self, model: PreTrainedModel, adapter: ArchitectureAdapter, plan: KeepPlan, result: ScoringResult
+    ) -> None:
         """Read what slicing is about to remove (e.g. the columns FLAP compensates for)."""
 
-    def after_slicing(self, model: PreTrainedModel, adapter: ArchitectureAdapter, plan: KeepPlan, result: ScoringResult) -> None:
+    def after_slicing(
+        self, model: PreTrainedModel, adapter: ArchitectureAdapter, plan: KeepPlan, result: ScoringResult
+    ) -> None:
         """Adjust the sliced model (e.g. FLAP's bias compensation). Most methods need nothing."""
 
 

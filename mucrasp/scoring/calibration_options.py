@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import ConfigDict
 
 from mucrasp.calibration.batches import CalibrationBatch, resolve_batches
 from mucrasp.calibration.pivots import PivotConfig
+from mucrasp.validation import JobConfig
 
 
-@dataclass(frozen=True)
-class CalibratedBaselineConfig:
+class CalibratedBaselineConfig(JobConfig):
+    model_config = ConfigDict(frozen=True)
+
     gradient_checkpointing: bool = False  # used by the gradient-based baselines only
 
 

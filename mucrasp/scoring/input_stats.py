@@ -56,7 +56,10 @@ def collect_input_statistics(
         _, _, down = adapter.mlp_projections(layer)
         *_, o_proj = adapter.attention_projections(layer)
         for linear, bucket in ((down, stats.down), (o_proj, stats.o_proj)):
-            sums = ChannelSums(torch.zeros(linear.in_features, dtype=torch.float64), torch.zeros(linear.in_features, dtype=torch.float64))
+            sums = ChannelSums(
+                torch.zeros(linear.in_features, dtype=torch.float64),
+                torch.zeros(linear.in_features, dtype=torch.float64),
+            )
             bucket.append(sums)
             handles.append(linear.register_forward_pre_hook(lambda module, args, sums=sums: sums.add(args[0])))
     device = next(model.parameters()).device
@@ -78,8 +81,9 @@ def per_group(per_channel: torch.Tensor, channels_per_group: int) -> torch.Tenso
 ColumnScore = Callable[[torch.Tensor, ChannelSums], torch.Tensor]  # (weight, input stats) -> per input column
 
 
-def output_projection_scores(model: PreTrainedModel, adapter: ArchitectureAdapter, stats: InputStatistics,
-                             column_score: ColumnScore) -> UnitScores:
+def output_projection_scores(
+    model: PreTrainedModel, adapter: ArchitectureAdapter, stats: InputStatistics, column_score: ColumnScore
+) -> UnitScores:
     """Per-unit scores from the input columns of down_proj (MLP channels) and o_proj (summed per GQA group),
     the shape shared by the activation-based baselines (Wanda-SP, FLAP)."""
     channels_per_group = adapter.head_dim(model.config) * adapter.group_size(model.config)

@@ -29,7 +29,11 @@ class MagnitudeMethod(ScoringMethod):
         mlp, attn = [], []
         for i, layer in enumerate(layers):
             gate, up, down = adapter.mlp_projections(layer)
-            squares = gate.weight.double().pow(2).sum(1) + up.weight.double().pow(2).sum(1) + down.weight.double().pow(2).sum(0)
+            squares = (
+                gate.weight.double().pow(2).sum(1)
+                + up.weight.double().pow(2).sum(1)
+                + down.weight.double().pow(2).sum(0)
+            )
             mlp.append(squares.sqrt())
 
             q_proj, k_proj, v_proj, o_proj = adapter.attention_projections(layer)

@@ -72,7 +72,9 @@ class ModalityStatistics:
 
 
 @contextlib.contextmanager
-def record_hidden_states(model: PreTrainedModel, adapter: ArchitectureAdapter, stats: ModalityStatistics) -> Iterator[None]:
+def record_hidden_states(
+    model: PreTrainedModel, adapter: ArchitectureAdapter, stats: ModalityStatistics
+) -> Iterator[None]:
     def hook(layer_index: int):
         def on_output(module, args, output):
             stats.add(layer_index, output[0] if isinstance(output, tuple) else output)

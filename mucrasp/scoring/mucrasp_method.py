@@ -14,9 +14,10 @@ score divided by its mean per unit type (the paper's normalisation is unknown).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
+from pydantic import ConfigDict, Field
 
 from mucrasp.calibration.batches import resolve_batches, summarize
 from mucrasp.calibration.pivots import DEFAULT_MARKERS, PivotConfig
@@ -26,15 +27,14 @@ from mucrasp.scoring.options import method_config
 from mucrasp.scoring.registry import register_method
 from mucrasp.scoring.taylor_hooks import taylor_scores
 from mucrasp.units import ATTN, MLP, UnitScores
-
+from mucrasp.validation import JobConfig, StrTuple
 
 # The paper's full form, protection included, with the strengths we first chose (the paper gives no
 # values). Kept as a named preset: `--set` these to score the way the paper describes.
 PAPER_STYLE = {"gamma_base": 0.5, "rho": 1.0, "alpha": 0.5, "beta": 0.5, "omega_early": 0.1, "omega_attention": 0.1}
 
 
-@dataclass(frozen=True)
-class MucraspConfig:
+class MucraspConfig(JobConfig):
     # The defaults are the paper's fusion with no layer protection, chosen on validation splits only
     # (`bench/results/quality-{demo,smollm}-validation.md`). Protection (PAPER_STYLE) lost on both
     # models: Sens favours the late layers, whose residual norms are largest, and starved the middle
@@ -42,18 +42,20 @@ class MucraspConfig:
     # Pivot-only attribution (γ = 1) was a little better on the demo VLM (0.785 / 0.0155), whose
     # pivot windows cover 72% of its CoT, but much worse on SmolLM2 (KL 0.76 against 0.63 at 0.3,
     # 2.53 against 1.79 at 0.5), whose windows cover 20%: too few tokens for a gradient on their own.
+    model_config = ConfigDict(frozen=True)
+
     # Fusion (applied at prune time): γ_dyn = γ_base·(1−S)^ρ.
-    gamma_base: float = 0.5
-    rho: float = 1.0
+    gamma_base: float = Field(0.5, ge=0.0, le=1.0)
+    rho: float = Field(1.0, ge=0.0)
     # Protection P(L) = 1 + α·norm(Sens) + β·norm(CMDS) + Ω (applied at prune time); zero: P = 1.
-    alpha: float = 0.0
-    beta: float = 0.0
-    omega_early: float = 0.0
-    omega_attention: float = 0.0
+    alpha: float = Field(0.0, ge=0.0)
+    beta: float = Field(0.0, ge=0.0)
+    omega_early: float = Field(0.0, ge=0.0)
+    omega_attention: float = Field(0.0, ge=0.0)
     # Calibration (applied at scoring time)
-    window: int = 8
-    markers: tuple[str, ...] = field(default=DEFAULT_MARKERS)
-    fallback_interval: int = 20
+    window: int = Field(8, ge=1)
+    markers: StrTuple = DEFAULT_MARKERS
+    fallback_interval: int = Field(20, ge=1)
     gradient_checkpointing: bool = False
 
     def pivots(self) -> PivotConfig:
@@ -80,24 +82,38 @@ class MucraspMethod(ScoringMethod):
 
     def components(self, model, adapter, context: ScoringContext) -> ScoreComponents:
         config = method_config(MucraspConfig, context.options, self.name)
-        batches = resolve_batches(context.calibration, model.config, config.pivots(), is_vision_model(adapter), self.name)
+        batches = resolve_batches(
+            context.calibration, model.config, config.pivots(), is_vision_model(adapter), self.name
+        )
         text_config = adapter.text_config(model.config)
         stats = ModalityStatistics(len(adapter.decoder_layers(model)), text_config.hidden_size)
 
         with record_hidden_states(model, adapter, stats):
             scores, memory = taylor_scores(
-                model, adapter, batches, {"a_global": lambda b: b.response_mask, "a_pivot": lambda b: b.pivot_mask},
-                checkpointing=config.gradient_checkpointing, progress=context.progress, before_forward=stats.start_sample,
+                model,
+                adapter,
+                batches,
+                {"a_global": lambda b: b.response_mask, "a_pivot": lambda b: b.pivot_mask},
+                checkpointing=config.gradient_checkpointing,
+                progress=context.progress,
+                before_forward=stats.start_sample,
             )
         summary = summarize(batches)
         details = {
             "calibration": summary.as_dict(),
-            "scoring_options": {k: v for k, v in asdict(config).items() if k in ("window", "fallback_interval", "gradient_checkpointing")}
+            "scoring_options": {
+                k: v
+                for k, v in config.model_dump().items()
+                if k in ("window", "fallback_interval", "gradient_checkpointing")
+            }
             | {"markers": list(config.markers)},
             "memory": memory,
         }
         return ScoreComponents(
-            self.name, scores, layer_stats={"cmds": stats.cmds(), "sens": stats.sens()}, details=details,
+            self.name,
+            scores,
+            layer_stats={"cmds": stats.cmds(), "sens": stats.sens()},
+            details=details,
         )
 
     def fuse(self, components: ScoreComponents, context: ScoringContext) -> ScoringResult:
@@ -120,8 +136,10 @@ class MucraspMethod(ScoringMethod):
             "fusion": {"gamma_base": config.gamma_base, "rho": config.rho},
             "protection_config": asdict(config.protection()),
             "per_layer": {
-                "cmds": _rounded(cmds), "sens": _rounded(sens),
-                "protection_mlp": _rounded(prot[MLP]), "protection_attn": _rounded(prot[ATTN]),
+                "cmds": _rounded(cmds),
+                "sens": _rounded(sens),
+                "protection_mlp": _rounded(prot[MLP]),
+                "protection_attn": _rounded(prot[ATTN]),
             },
         }
         return ScoringResult(values, details)

@@ -7,19 +7,20 @@ per parameter is uniform noise across unit types too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import ConfigDict
 
 from mucrasp.params import unit_costs
 from mucrasp.scoring.base import ScoringContext, ScoringMethod, ScoringResult
 from mucrasp.scoring.options import method_config
 from mucrasp.scoring.registry import register_method
 from mucrasp.units import UnitScores
+from mucrasp.validation import JobConfig
 
 
-@dataclass(frozen=True)
-class RandomConfig:
+class RandomConfig(JobConfig):
+    model_config = ConfigDict(frozen=True)
+
     seed: int = 0
 
 
@@ -34,6 +35,12 @@ class RandomMethod(ScoringMethod):
         generator = torch.Generator().manual_seed(config.seed)
         costs = unit_costs(model, adapter)
         widths = adapter.layer_widths(model)
-        mlp = [torch.rand(m, generator=generator, dtype=torch.float64) * costs.mlp_channel[i] for i, (m, _) in enumerate(widths)]
-        attn = [torch.rand(g, generator=generator, dtype=torch.float64) * costs.attn_group[i] for i, (_, g) in enumerate(widths)]
+        mlp = [
+            torch.rand(m, generator=generator, dtype=torch.float64) * costs.mlp_channel[i]
+            for i, (m, _) in enumerate(widths)
+        ]
+        attn = [
+            torch.rand(g, generator=generator, dtype=torch.float64) * costs.attn_group[i]
+            for i, (_, g) in enumerate(widths)
+        ]
         return ScoringResult(UnitScores(mlp, attn), {"seed": config.seed})

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+import importlib
+from typing import TYPE_CHECKING, TypeVar
 
 from mucrasp.errors import MucraspError
-from mucrasp.scoring.base import ScoringMethod
+
+if TYPE_CHECKING:
+    from mucrasp.scoring.base import ScoringMethod
+
+#: Modules whose import registers the bundled methods (loaded on first lookup: they import torch).
+BUILTIN_METHODS = ("flap", "llm_pruner", "magnitude", "mucrasp_method", "random_method", "taylor", "wanda_sp")
 
 _METHODS: dict[str, ScoringMethod] = {}
-M = TypeVar("M", bound=type[ScoringMethod])
+_loaded = False
+M = TypeVar("M")
 
 
 def register_method(cls: M) -> M:
@@ -19,11 +26,21 @@ def register_method(cls: M) -> M:
     return cls
 
 
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN_METHODS:
+            importlib.import_module(f"mucrasp.scoring.{module}")
+
+
 def available_methods() -> list[str]:
+    _load_builtin()
     return sorted(_METHODS)
 
 
 def get_method(name: str) -> ScoringMethod:
+    _load_builtin()
     try:
         return _METHODS[name]
     except KeyError:

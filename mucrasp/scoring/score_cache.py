@@ -1,7 +1,16 @@
 """A content-keyed cache of scores files, so repeated deployments of a model skip the gradient pass.
 
-The key covers what the scores depend on: the model's config and weight files (name, size, mtime),
-the calibration file's bytes, the method and its options.
+The key is a SHA-256 over everything the scores depend on:
+- the model: `config.json` and the bytes of every `*.safetensors` file (read in 16 MiB chunks, so
+  memory stays flat; for a multi-GB model this reads every byte once per deployment, which costs
+  seconds where the scoring pass it saves costs minutes; it is what makes the key content-based
+  rather than trusting names, sizes or modification times);
+- the calibration file's bytes and the bytes of every image its records name (a changed image
+  changes the scores even when the JSONL is the same);
+- the method's name and its *resolved* options (the pydantic model's dump, defaults included), so
+  `--set window=16` and the default window get different entries;
+- anything else that changes the inputs (the calibration sequence cap) and the package version,
+  so scores written by an older mucrasp are not reused.
 """
 
 from __future__ import annotations
@@ -12,22 +21,72 @@ import os
 from pathlib import Path
 from typing import Any
 
+CHUNK = 16 * 2**20
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MUCRASP_CACHE_DIR", Path.home() / ".cache" / "mucrasp"))
 
 
-def scores_cache_key(model: Path, calibration: Path | None, method: str, options: dict[str, Any]) -> str:
+def _hash_file(digest: "hashlib._Hash", path: Path, label: str) -> None:
+    digest.update(f"{label}\0{path.name}\0".encode())
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    digest.update(b"\0")
+
+
+def _calibration_images(calibration: Path) -> list[Path]:
+    """The images the records name, resolved as `mucrasp.calibration.records` resolves them."""
+    images = []
+    with open(calibration, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue  # the scoring pass reports the bad line with file:line
+            image = record.get("image") if isinstance(record, dict) else None
+            if isinstance(image, str) and image:
+                images.append(Path(image) if Path(image).is_absolute() else calibration.parent / image)
+    return images
+
+
+def scores_cache_key(
+    model: Path, calibration: Path | None, method: str, options: dict[str, Any], extra: dict[str, Any] | None = None
+) -> str:
+    """`options` should be the method's resolved options (`mucrasp.scoring.options.resolved_options`)."""
+    import mucrasp
+
     digest = hashlib.sha256()
-    digest.update((Path(model) / "config.json").read_bytes())
-    for weights in sorted(Path(model).glob("*.safetensors")):
-        stat = weights.stat()
-        digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    model = Path(model)
+    _hash_file(digest, model / "config.json", "config")
+    for weights in sorted(model.glob("*.safetensors")):
+        _hash_file(digest, weights, "weights")
     if calibration is not None:
-        digest.update(Path(calibration).read_bytes())
-    digest.update(json.dumps({"method": method, "options": options}, sort_keys=True, default=str).encode())
+        calibration = Path(calibration)
+        _hash_file(digest, calibration, "calibration")
+        for image in _calibration_images(calibration):
+            if image.is_file():
+                _hash_file(digest, image, f"image {image}")
+            else:
+                digest.update(f"missing image {image}\0".encode())
+    digest.update(
+        json.dumps(
+            {"method": method, "options": options, "extra": extra or {}, "version": mucrasp.__version__},
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     return digest.hexdigest()[:24]
 
 
-def cached_scores_path(cache_dir: Path, model: Path, calibration: Path | None, method: str, options: dict[str, Any]) -> Path:
-    return Path(cache_dir) / "scores" / f"{method}-{scores_cache_key(model, calibration, method, options)}.scores"
+def cached_scores_path(
+    cache_dir: Path,
+    model: Path,
+    calibration: Path | None,
+    method: str,
+    options: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    key = scores_cache_key(model, calibration, method, options, extra)
+    return Path(cache_dir) / "scores" / f"{method}-{key}.scores"

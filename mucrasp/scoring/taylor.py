@@ -26,7 +26,12 @@ class TaylorMethod(ScoringMethod):
         config = method_config(CalibratedBaselineConfig, context.options, self.name)
         batches = baseline_batches(self.name, model, adapter, context.calibration)
         scores, memory = taylor_scores(
-            model, adapter, batches, {"loss": lambda b: b.response_mask}, elementwise=self.elementwise,
-            checkpointing=config.gradient_checkpointing, progress=context.progress,
+            model,
+            adapter,
+            batches,
+            {"loss": lambda b: b.response_mask},
+            elementwise=self.elementwise,
+            checkpointing=config.gradient_checkpointing,
+            progress=context.progress,
         )
         return ScoringResult(normalize_per_unit_type(scores["loss"]), {"memory": memory, "samples": len(batches)})

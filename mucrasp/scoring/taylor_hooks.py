@@ -46,8 +46,12 @@ def unit_params(model: PreTrainedModel, adapter: ArchitectureAdapter) -> list[Un
         gate, up, down = adapter.mlp_projections(layer)
         q_proj, k_proj, v_proj, o_proj = adapter.attention_projections(layer)
         spec = [
-            (gate, MLP, 0, 1), (up, MLP, 0, 1), (down, MLP, 1, 1),
-            (q_proj, ATTN, 0, group * head_dim), (k_proj, ATTN, 0, head_dim), (v_proj, ATTN, 0, head_dim),
+            (gate, MLP, 0, 1),
+            (up, MLP, 0, 1),
+            (down, MLP, 1, 1),
+            (q_proj, ATTN, 0, group * head_dim),
+            (k_proj, ATTN, 0, head_dim),
+            (v_proj, ATTN, 0, head_dim),
             (o_proj, ATTN, 1, group * head_dim),
         ]
         for linear, unit_type, axis, span in spec:
@@ -121,8 +125,13 @@ class TaylorAccumulator:
         loss.backward(retain_graph=retain_graph)
         contribution = self._pending if self.elementwise else self._pending.map(torch.abs)
         total = self.totals.get(key)
-        self.totals[key] = contribution if total is None else UnitScores(
-            [a + b for a, b in zip(total.mlp, contribution.mlp)], [a + b for a, b in zip(total.attn, contribution.attn)]
+        self.totals[key] = (
+            contribution
+            if total is None
+            else UnitScores(
+                [a + b for a, b in zip(total.mlp, contribution.mlp)],
+                [a + b for a, b in zip(total.attn, contribution.attn)],
+            )
         )
         self._pending = _zeros_like_widths(self.model, self.adapter)
 

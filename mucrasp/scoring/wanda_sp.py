@@ -26,5 +26,7 @@ class WandaSpMethod(ScoringMethod):
         batches = baseline_batches(self.name, model, adapter, context.calibration)
         stats = collect_input_statistics(model, adapter, batches, context.progress)
         # s_j = mean_i |W_ij| * ||X_j||_2.
-        scores = output_projection_scores(model, adapter, stats, lambda weight, sums: weight.abs().mean(0).cpu() * sums.norm())
+        scores = output_projection_scores(
+            model, adapter, stats, lambda weight, sums: weight.abs().mean(0).cpu() * sums.norm()
+        )
         return ScoringResult(normalize_per_unit_type(scores), {"samples": len(batches)})
