@@ -6,6 +6,7 @@ import mucrasp.adapters.qwen2  # noqa: F401
 import mucrasp.adapters.qwen2_5_vl  # noqa: F401
 import mucrasp.adapters.qwen2_vl  # noqa: F401
 import mucrasp.adapters.qwen3  # noqa: F401
+import mucrasp.adapters.qwen3_vl  # noqa: F401
 from mucrasp.adapters.base import ArchitectureAdapter
 from mucrasp.adapters.registry import (
     adapter_for_config,
