@@ -343,6 +343,23 @@ CASES = [
         ["dense", "data"],
     ),
     (
+        "chain-calib-not-utf8",
+        [
+            "--profile",
+            "a10g",
+            "--model",
+            "{dense}",
+            "--calib",
+            "{data}/latin1.jsonl",
+            "--ratio",
+            "0.3",
+            "--out",
+            "{out}",
+        ],
+        "latin1.jsonl",
+        ["dense", "data"],
+    ),
+    (
         "eval-data-not-utf8",
         ["eval", "{pruned}", "--dense", "{dense}", "--data", "{data}/latin1.jsonl"],
         "latin1.jsonl",
@@ -439,6 +456,12 @@ CASES = [
         ["export", "vllm", "{pruned_bad_manifest}", "--out", "{out}"],
         "pruning.json",
         ["pruned_bad_manifest"],
+    ),
+    (
+        "eval-bad-manifest",
+        ["eval", "{pruned_bad_manifest}", "--dense", "{dense}", "--data", "{data}/good.jsonl", "--limit", "1"],
+        "pruning.json is not valid JSON",
+        ["pruned_bad_manifest", "dense"],
     ),
     # weights that do not match: refuse to export them
     (

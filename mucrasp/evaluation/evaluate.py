@@ -8,7 +8,6 @@ with ground truth such as the demo scenes, with the true answers (accuracy).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -115,9 +114,13 @@ def check_report_path(out: Path | None, overwrite: bool) -> None:
 def evaluate(config: EvalConfig, progress: ProgressCallback = _no_progress) -> dict[str, Any]:
     from mucrasp.atomic_io import write_json_atomic
     from mucrasp.calibration.batches import load_processor
+    from mucrasp.checkpoint import read_json_file
     from mucrasp.model_loading import load_model
 
     check_report_path(config.out, config.overwrite)
+    manifest = Path(config.pruned) / "pruning.json"
+    # Read before the models run: a bad file is one line naming it, not a traceback after the evaluation.
+    pruning = read_json_file(manifest) if manifest.is_file() else None
     data_records = load_records(config.data, config.limit)
     dense = load_model(config.dense)
     pruned = load_model(config.pruned)
@@ -130,9 +133,7 @@ def evaluate(config: EvalConfig, progress: ProgressCallback = _no_progress) -> d
         "data": str(config.data),
         **compare(dense.model, pruned.model, processor, reference, vision, config, progress),
     }
-    manifest = Path(config.pruned) / "pruning.json"
-    if manifest.is_file():
-        pruning = json.loads(manifest.read_text())
+    if pruning is not None:
         report.update(method=pruning.get("method"), ratio=pruning.get("ratio"))
     if config.out is not None:
         write_json_atomic(config.out, report)

@@ -36,21 +36,6 @@ def _hash_file(digest: "hashlib._Hash", path: Path, label: str) -> None:
     digest.update(b"\0")
 
 
-def _calibration_images(calibration: Path) -> list[Path]:
-    """The images the records name, resolved as `mucrasp.calibration.records` resolves them."""
-    images = []
-    with open(calibration, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                continue  # the scoring pass reports the bad line with file:line
-            image = record.get("image") if isinstance(record, dict) else None
-            if isinstance(image, str) and image:
-                images.append(Path(image) if Path(image).is_absolute() else calibration.parent / image)
-    return images
-
-
 def scores_cache_key(
     model: Path, calibration: Path | None, method: str, options: dict[str, Any], extra: dict[str, Any] | None = None
 ) -> str:
@@ -65,11 +50,12 @@ def scores_cache_key(
     if calibration is not None:
         calibration = Path(calibration)
         _hash_file(digest, calibration, "calibration")
-        for image in _calibration_images(calibration):
-            if image.is_file():
-                _hash_file(digest, image, f"image {image}")
-            else:
-                digest.update(f"missing image {image}\0".encode())
+        from mucrasp.calibration.records import load_records
+
+        # The records' own reader: the same image paths, and a bad record is its file:line error, not ours.
+        images = dict.fromkeys(r.image for r in load_records(calibration) if r.image is not None)
+        for image in images:
+            _hash_file(digest, image, f"image {image}")
     digest.update(
         json.dumps(
             {"method": method, "options": options, "extra": extra or {}, "version": mucrasp.__version__},
