@@ -51,8 +51,9 @@ def _stop_ids(manifest: dict, source: Path, adapter) -> list[int]:
     return sorted(set(ids))
 
 
-def _image_processor(source: Path) -> dict[str, Any]:
-    """The checkpoint's Qwen2-VL image processor settings (transformers 5 or older layout)."""
+def image_processor_settings(source: Path) -> dict[str, Any]:
+    """The checkpoint's Qwen2-VL image processor settings: transformers 5 keeps them inside
+    processor_config.json, older folders in preprocessor_config.json."""
     for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
         path = source / name
         if path.is_file():
@@ -65,7 +66,7 @@ def _image_processor(source: Path) -> dict[str, Any]:
 
 def processor_config(source: Path, vision: dict) -> dict[str, Any]:
     """onnxruntime-genai's image processor (`qwen2_5_image_processor`) with the checkpoint's settings."""
-    hf = _image_processor(source)
+    hf = image_processor_settings(source)
     size = hf.get("size") or {}
     min_pixels = size.get("shortest_edge") or hf.get("min_pixels") or 56 * 56
     max_pixels = size.get("longest_edge") or hf.get("max_pixels") or 28 * 28 * 1280

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from transformers import DynamicCache
 from mucrasp.atomic_io import atomic_directory, check_output_dir, write_json_atomic
 from mucrasp.checkpoint import read_manifest
 from mucrasp.errors import MucraspError
-from mucrasp.export.genai_config import GENAI_CONFIG_NAME, write_genai_files
+from mucrasp.export.genai_config import GENAI_CONFIG_NAME, image_processor_settings, write_genai_files
 from mucrasp.export.onnx_manifest import MANIFEST_NAME, build_manifest
 from mucrasp.model_loading import load_model, read_model_config
 
@@ -306,19 +305,9 @@ def vision_grid(config, folder: Path, image_size: int | None) -> tuple[int, int,
     vc = config.vision_config
     unit = _image_unit(config)
     if image_size is None:
-        image_size = 448
-        # transformers 5 saves the image processor inside processor_config.json; older folders
-        # have preprocessor_config.json.
-        for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
-            path = folder / name
-            if not path.is_file():
-                continue
-            raw = json.loads(path.read_text())
-            raw = raw.get(key) or {} if key else raw
-            pixels = (raw.get("size") or {}).get("longest_edge") or raw.get("max_pixels")
-            if pixels:
-                image_size = int(pixels**0.5)
-                break
+        settings = image_processor_settings(folder)
+        pixels = (settings.get("size") or {}).get("longest_edge") or settings.get("max_pixels")
+        image_size = int(pixels**0.5) if pixels else 448
     else:
         check_image_size(config, image_size)
     side = max(unit, image_size // unit * unit)
