@@ -43,16 +43,20 @@ class _NoMucrasp:
 sys.meta_path.insert(0, _NoMucrasp())
 """
 
+# One child loads every checkpoint of this module: an interpreter start with torch and transformers costs
+# more than the loads themselves.
 _LOAD_AND_RUN = r"""
 import json
 import torch
 import transformers
 
-model_dir, auto_class, inputs_path, out_path = sys.argv[1:5]
-model = getattr(transformers, auto_class).from_pretrained(model_dir, trust_remote_code=True, dtype=torch.float32)
-with torch.no_grad():
-    logits = model.eval()(**torch.load(inputs_path)).logits
-torch.save({"logits": logits, "class": type(model).__name__, "module": type(model).__module__}, out_path)
+for job in json.loads(open(sys.argv[1]).read()):
+    model = getattr(transformers, job["auto_class"]).from_pretrained(
+        job["model_dir"], trust_remote_code=True, dtype=torch.float32
+    )
+    with torch.no_grad():
+        logits = model.eval()(**torch.load(job["inputs"])).logits
+    torch.save({"logits": logits, "class": type(model).__name__, "module": type(model).__module__}, job["out"])
 print(json.dumps({"mucrasp_modules": sorted(m for m in sys.modules if m.split(".")[0] == "mucrasp")}))
 """
 
@@ -106,13 +110,6 @@ def _run_fresh(tmp_path: Path, script: str, *args, timeout: int = 600) -> subpro
     return proc
 
 
-def _auto_logits(tmp_path: Path, model_dir: Path, auto_class: str, inputs: dict) -> dict:
-    torch.save(inputs, tmp_path / "inputs.pt")
-    proc = _run_fresh(tmp_path, _LOAD_AND_RUN, model_dir, auto_class, tmp_path / "inputs.pt", tmp_path / "out.pt")
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["mucrasp_modules"] == []
-    return torch.load(tmp_path / "out.pt")
-
-
 def _image_inputs(model_dir: Path) -> dict:
     from transformers import AutoProcessor
 
@@ -132,34 +129,71 @@ CASES = {
 for _arch in ARCHITECTURES:  # every other family (Qwen2's q/k/v biases, Qwen3's q_norm/k_norm, ...) with FLAP biases
     if _arch not in {a for a, _ in CASES.values()}:
         CASES[f"{_arch}-flap-bias"] = (_arch, True)
+VLLM_EXPORT_CASE = "qwen25vl-vllm-export"
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_auto_class_loads_a_per_layer_checkpoint_without_mucrasp(case, tmp_path):
-    architecture, output_bias = CASES[case]
-    adapter = get_adapter(architecture)
-    model_dir = tmp_path / f"pruned-{case}"  # remote-code modules are cached by folder name
-    h.make_pruned_checkpoint(architecture, model_dir, h.per_layer_plan(), output_bias=output_bias)
-    config = json.loads((model_dir / "config.json").read_text())
-    text = config.get("text_config", config)
-    assert text[LAYER_INTERMEDIATE_SIZES] == [192, 320, 96]
-    assert text.get(OUTPUT_PROJECTION_BIAS, False) == output_bias
-    assert (model_dir / FILE_NAME).is_file()
-    assert config["auto_map"] == {adapter.hf_auto_class: f"modeling_mucrasp.Mucrasp{architecture}"}
-
-    reference = load_pruned(model_dir)
+def _inputs_for(model_dir: Path, adapter) -> dict:
     if adapter.is_vision_language:
         inputs = _image_inputs(model_dir)
         assert (inputs["input_ids"] == h.IMAGE_TOKEN_ID).sum() == 4
-    else:
-        inputs = {"input_ids": torch.tensor([[1, 5, 9, 33, 2, 7, 300, 41, 17, 17, 4, 250]])}
-    with torch.no_grad():
-        expected = reference(**inputs).logits
+        return inputs
+    return {"input_ids": torch.tensor([[1, 5, 9, 33, 2, 7, 300, 41, 17, 17, 4, 250]])}
 
-    loaded = _auto_logits(tmp_path, model_dir, adapter.hf_auto_class, inputs)
+
+@pytest.fixture(scope="module")
+def auto_loads(tmp_path_factory) -> dict:
+    """Every case's checkpoint, its mucrasp logits, and what one mucrasp-free child loaded from it."""
+    root = tmp_path_factory.mktemp("hf-auto")
+    cases, jobs = {}, []
+    for case, (architecture, output_bias) in CASES.items():
+        adapter = get_adapter(architecture)
+        model_dir = root / f"pruned-{case}"  # remote-code modules are cached by folder name
+        h.make_pruned_checkpoint(architecture, model_dir, h.per_layer_plan(), output_bias=output_bias)
+        cases[case] = {"model_dir": model_dir, "reference": load_pruned(model_dir), "adapter": adapter}
+    architecture = "Qwen2_5_VLForConditionalGeneration"
+    h.make_pruned_checkpoint(architecture, root / "pruned-for-vllm", h.per_layer_plan())
+    exported = export_vllm(root / "pruned-for-vllm", root / "served").out
+    cases[VLLM_EXPORT_CASE] = {
+        "model_dir": exported,
+        "reference": load_pruned(root / "pruned-for-vllm"),
+        "adapter": get_adapter(architecture),
+    }
+    for case, entry in cases.items():
+        inputs = _inputs_for(entry["model_dir"], entry["adapter"])
+        with torch.no_grad():
+            entry["expected"] = entry["reference"](**inputs).logits
+        torch.save(inputs, root / f"{case}.inputs.pt")
+        auto_class = entry["adapter"].hf_auto_class
+        jobs.append(
+            {
+                "model_dir": str(entry["model_dir"]),
+                "auto_class": auto_class,
+                "inputs": str(root / f"{case}.inputs.pt"),
+                "out": str(root / f"{case}.out.pt"),
+            }
+        )
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    proc = _run_fresh(root, _LOAD_AND_RUN, root / "jobs.json")
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["mucrasp_modules"] == []
+    for case, entry in cases.items():
+        entry["loaded"] = torch.load(root / f"{case}.out.pt")
+    return cases
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_auto_class_loads_a_per_layer_checkpoint_without_mucrasp(case, auto_loads):
+    architecture, output_bias = CASES[case]
+    entry = auto_loads[case]
+    config = json.loads((entry["model_dir"] / "config.json").read_text())
+    text = config.get("text_config", config)
+    assert text[LAYER_INTERMEDIATE_SIZES] == [192, 320, 96]
+    assert text.get(OUTPUT_PROJECTION_BIAS, False) == output_bias
+    assert (entry["model_dir"] / FILE_NAME).is_file()
+    assert config["auto_map"] == {entry["adapter"].hf_auto_class: f"modeling_mucrasp.Mucrasp{architecture}"}
+    loaded = entry["loaded"]
     assert loaded["class"] == f"Mucrasp{architecture}"
     assert loaded["module"].startswith("transformers_modules.")
-    torch.testing.assert_close(loaded["logits"], expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(loaded["logits"], entry["expected"], atol=ATOL, rtol=0)
 
 
 def test_uniform_checkpoint_stays_stock(tmp_path):
@@ -169,19 +203,14 @@ def test_uniform_checkpoint_stays_stock(tmp_path):
     assert not (tmp_path / "uniform" / FILE_NAME).exists()
 
 
-def test_vllm_export_keeps_the_auto_map_and_still_loads(tmp_path):
+def test_vllm_export_keeps_the_auto_map_and_still_loads(auto_loads):
+    entry = auto_loads[VLLM_EXPORT_CASE]
+    config = json.loads((entry["model_dir"] / "config.json").read_text())
     architecture = "Qwen2_5_VLForConditionalGeneration"
-    h.make_pruned_checkpoint(architecture, tmp_path / "pruned", h.per_layer_plan())
-    exported = export_vllm(tmp_path / "pruned", tmp_path / "served")
-    config = json.loads((exported.out / "config.json").read_text())
     assert config["architectures"] == [f"Mucrasp{architecture}"]  # what vLLM's plugin serves
     assert config["model_type"] == "qwen2_5_vl"  # stock: vLLM parses the config without remote code
     assert config["auto_map"] == {"AutoModelForImageTextToText": f"modeling_mucrasp.Mucrasp{architecture}"}
-    inputs = _image_inputs(exported.out)
-    with torch.no_grad():
-        expected = load_pruned(tmp_path / "pruned")(**inputs).logits
-    loaded = _auto_logits(tmp_path, exported.out, "AutoModelForImageTextToText", inputs)
-    torch.testing.assert_close(loaded["logits"], expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(entry["loaded"]["logits"], entry["expected"], atol=ATOL, rtol=0)
 
 
 # ---- lm-eval: its `hf` model on a local multiple-choice task -------------------------------------------
