@@ -10,6 +10,11 @@ once per model and is fused/allocated at each ratio ("score once, prune many"). 
 `mucrasp.evaluation` against the dense model's own greedy traces on the test split (never used for
 calibration or tuning); `--eval-split validation` measures on a validation split instead (SmolLM2:
 the second half of its calibration traces), which is where ablations decide the method's defaults.
+Treatments (`--treatments`): `oneshot` (prune only) and `reconstruct` (prune, then refit o_proj and
+down_proj layer by layer on the same calibration set, `mucrasp.reconstruction`; `--ridges` sweeps its
+ridge, to be chosen on a validation split). Layouts are each method's default: llm-pruner uses its
+reference allocation (`ratio-per-layer-skip-ends`), wanda-sp `ratio-per-layer`, the others the global
+knapsack; the table's layout column says which.
 Writes bench/results/quality.{json,md,png}.
 """
 
@@ -33,6 +38,7 @@ from mucrasp.evaluation.evaluate import EvalConfig, compare, dense_reference
 from mucrasp.model_loading import load_model
 from mucrasp.models.smollm2 import ensure_smollm2_checkpoint
 from mucrasp.pruning import prune_in_memory
+from mucrasp.reconstruction import ReconstructionSettings
 from mucrasp.scoring import ScoringContext, available_methods, get_method
 from mucrasp.scoring.mucrasp_method import PAPER_STYLE
 
@@ -71,8 +77,8 @@ def model_setups(names: list[str], args) -> list[dict]:
         )
     if "smollm" in names:
         model = ensure_smollm2_checkpoint()
-        traces = Path("build/data/smollm")
-        if not (traces / "test.jsonl").is_file():
+        traces = Path(args.smollm_traces)
+        if args.eval_split == "test" and not (traces / "test.jsonl").is_file():
             from mucrasp.demo.text_traces import write_text_traces
 
             write_text_traces(model, traces)
@@ -123,8 +129,27 @@ def variants(methods: list[str], ablations: bool) -> list[tuple[str, str, dict]]
     return rows
 
 
+def treatments(names: list[str], ridges: list[float]) -> list[tuple[str, ReconstructionSettings | None]]:
+    """(label, reconstruction settings or None for one-shot) per treatment."""
+    out: list[tuple[str, ReconstructionSettings | None]] = []
+    for name in names:
+        if name == "oneshot":
+            out.append(("oneshot", None))
+        elif name == "reconstruct":
+            for ridge in ridges:
+                label = "reconstruct" if len(ridges) == 1 else f"reconstruct[ridge={ridge:g}]"
+                out.append((label, ReconstructionSettings(ridge=ridge)))
+        else:
+            raise SystemExit(f"unknown treatment {name!r}: oneshot, reconstruct")
+    return out
+
+
 def run_model(
-    setup: dict, methods: list[tuple[str, str, dict]], ratios: list[float], on_row=lambda rows: None
+    setup: dict,
+    methods: list[tuple[str, str, dict]],
+    ratios: list[float],
+    on_row=lambda rows: None,
+    treatment_list: list[tuple[str, ReconstructionSettings | None]] = (("oneshot", None),),
 ) -> list[dict]:
     """All rows for one model; `on_row` sees the rows so far after each one (for partial results)."""
     loaded = load_model(setup["model"])
@@ -148,6 +173,7 @@ def run_model(
     dense_row = {
         "model": setup["name"],
         "method": "dense",
+        "treatment": "dense",
         "ratio": 0.0,
         **compare(dense, dense, processor, reference, vision, config),
     }
@@ -164,36 +190,44 @@ def run_model(
             scored[key] = (get_method(method).components(dense, adapter, context), time.perf_counter() - started)
         components, score_seconds = scored[key]
         for ratio in ratios:
-            pruned = copy.deepcopy(dense)
-            outcome = prune_in_memory(
-                pruned,
-                adapter,
-                ratio,
-                method=method,
-                calibration=calibration,
-                scores=components,
-                method_options=options,
-            )
-            metrics = compare(dense, pruned, processor, reference, vision, config)
-            rows.append(
-                {
-                    "model": setup["name"],
-                    "method": label,
-                    "ratio": ratio,
-                    "layout": outcome.layout,
-                    "ratio_achieved": round(outcome.ratio_achieved, 4),
-                    "score_seconds": round(score_seconds, 1),
-                    **metrics,
-                }
-            )
-            log(
-                f"{setup['name']} {label} {ratio}: "
-                + ", ".join(
-                    f"{k}={rows[-1][k]:.4f}" for k in ("accuracy", "agreement", "cot_kl", "pivot_kl") if k in rows[-1]
+            for treatment, settings in treatment_list:
+                pruned = copy.deepcopy(dense)
+                started = time.perf_counter()
+                outcome = prune_in_memory(
+                    pruned,
+                    adapter,
+                    ratio,
+                    method=method,
+                    calibration=calibration,
+                    scores=components,
+                    method_options=options,
+                    reconstruct=settings if settings is not None else False,
                 )
-            )
-            on_row(rows)
-            del pruned
+                prune_seconds = time.perf_counter() - started
+                metrics = compare(dense, pruned, processor, reference, vision, config)
+                rows.append(
+                    {
+                        "model": setup["name"],
+                        "method": label,
+                        "treatment": treatment,
+                        "ratio": ratio,
+                        "layout": outcome.layout,
+                        "ratio_achieved": round(outcome.ratio_achieved, 4),
+                        "score_seconds": round(score_seconds, 1),
+                        "prune_seconds": round(prune_seconds, 1),
+                        **metrics,
+                    }
+                )
+                log(
+                    f"{setup['name']} {label} {treatment} {ratio}: "
+                    + ", ".join(
+                        f"{k}={rows[-1][k]:.4f}"
+                        for k in ("accuracy", "agreement", "cot_kl", "pivot_kl")
+                        if k in rows[-1]
+                    )
+                )
+                on_row(rows)
+                del pruned
     return rows
 
 
@@ -201,13 +235,14 @@ def markdown(rows: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| model | method | ratio | accuracy | agreement | CoT KL | pivot KL | perplexity |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | method | treatment | layout | ratio | accuracy | agreement | CoT KL | pivot KL | perplexity |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "–"
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['ratio']:.1f} | {acc} | {r['agreement']:.3f} | "
+            f"| {r['model']} | {r['method']} | {r.get('treatment', 'oneshot')} | {r.get('layout', '–')} | "
+            f"{r['ratio']:.1f} | {acc} | {r['agreement']:.3f} | "
             f"{r['cot_kl']:.4f} | {r['pivot_kl']:.4f} | {r['perplexity']:.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -224,14 +259,26 @@ def plot(rows: list[dict], path: Path) -> None:
     for row_axes, model in zip(axes, models):
         quality_key = "accuracy" if any("accuracy" in r for r in rows if r["model"] == model) else "agreement"
         dense = next(r for r in rows if r["model"] == model and r["method"] == "dense")
-        for method in METHOD_ORDER:  # ablation rows stay in the table, out of the plot
+        treatment_names = sorted({r.get("treatment", "oneshot") for r in rows if r["method"] != "dense"})
+        lines = [(m, t) for m in METHOD_ORDER for t in treatment_names]  # ablation rows stay out of the plot
+        for method, treatment in lines:
             points = sorted(
-                ((r["ratio"], i), r) for i, r in enumerate(rows) if r["model"] == model and r["method"] == method
+                ((r["ratio"], i), r)
+                for i, r in enumerate(rows)
+                if r["model"] == model and r["method"] == method and r.get("treatment", "oneshot") == treatment
             )
             if not points:
                 continue
             ratios = [0.0] + [p[0][0] for p in points]
-            style = dict(marker="o", linewidth=2.5 if method == "mucrasp" else 1.2, label=method)
+            colour = f"C{METHOD_ORDER.index(method)}"
+            dashes = "-" if treatment == "oneshot" else ("--" if treatment == "reconstruct" else ":")
+            style = dict(
+                marker="o",
+                color=colour,
+                linestyle=dashes,
+                linewidth=2.5 if method == "mucrasp" else 1.2,
+                label=f"{method} ({treatment})",
+            )
             row_axes[0].plot(ratios, [dense[quality_key]] + [p[1][quality_key] for p in points], **style)
             row_axes[1].plot(ratios, [0.0] + [p[1]["cot_kl"] for p in points], **style)
         row_axes[0].set(title=f"{model}: {quality_key} (greedy CoT)", xlabel="pruning ratio", ylabel=quality_key)
@@ -266,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
         help="where to measure: validation (demo VLM: its own split; SmolLM2: the second half "
         "of its calibration traces, needs --calib-samples) is for choosing defaults",
     )
+    parser.add_argument("--treatments", default="oneshot,reconstruct", help="oneshot, reconstruct (comma list)")
+    parser.add_argument(
+        "--ridges",
+        default=str(ReconstructionSettings().ridge),
+        help="reconstruction ridge(s), relative to mean diag(XᵀX); sweep on a validation split only",
+    )
+    parser.add_argument("--smollm-traces", default="build/data/smollm", help="folder with SmolLM2's trace files")
     parser.add_argument("--out", default=str(RESULTS / "quality"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -291,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             ratios,
             on_row=lambda model_rows: write_text_atomic(
                 partial, markdown(done + model_rows, f"PARTIAL: rows so far of `{command}`, {machine}.")
+            ),
+            treatment_list=treatments(
+                [t for t in args.treatments.split(",") if t], [float(r) for r in args.ridges.split(",")]
             ),
         )
     header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{command}`)."

@@ -1,7 +1,17 @@
-"""Serving benchmark: dense and pruned models on vLLM (CPU build) and ONNX Runtime, side by side.
+"""Serving benchmark: dense and pruned models on vLLM (CPU build) and ONNX Runtime, side by side,
+at each weight format the export writes.
 
     python bench/serve.py                       # demo VLM dense/0.3/0.5 and SmolLM2-135M dense/0.3/0.5
     python bench/serve.py --models smollm --ratios 0.5 --backends vllm onnx
+    python bench/serve.py --onnx-weights fp32 int8 int4 --vllm-weights bf16 w8a8   # the default formats
+
+Weight formats: `export onnx --weights` (fp32 | int8 | int4 by default) and `export vllm --weights`
+(bf16 | w8a8; on this CPU vLLM runs bf16 exports in fp32, the smoke test's `--dtype auto`). Every row's
+CoT KL is against the dense model (teacher-forced on the spot-check set's dense answers; ONNX Runtime
+and transformers rows: vLLM exposes no full logits). The ideal speedup of a row is the ratio of the
+bytes one decode step reads, dense unquantized over the row's, at the bits of its format
+(`mucrasp.planning.weight_formats`): ONNX Runtime's quantizers take every MatMul with a constant weight,
+the LM head included; vLLM's compressed-tensors exports keep the LM head unquantized.
 
 Each model is pruned (magnitude by default: no calibration data needed, and the serving speed of a
 width does not depend on which channels were kept), exported for each backend, and smoke-tested with
@@ -40,12 +50,27 @@ def model_source(name: str) -> Path:
     return ensure_smollm2_checkpoint()
 
 
-def decode_params(folder: Path) -> int:
-    """Parameters one decode step reads: decoder layers + LM head (embedding rows are gathered, not read)."""
+def decode_params(folder: Path) -> tuple[int, int]:
+    """(decoder-layer parameters, LM-head parameters) one decode step reads (embedding rows are gathered)."""
     _, adapter = read_model_config(folder)
     model = load_pruned(folder)
     counts = count_parameters(model, adapter)
-    return counts.decoder + model.get_output_embeddings().weight.numel()
+    return counts.decoder, model.get_output_embeddings().weight.numel()
+
+
+UNQUANTIZED = {"onnx": "fp32", "vllm": "bf16", "transformers": "fp32"}
+CPU_BYTES = 4  # unquantized weights run in fp32 on this CPU (vLLM --dtype auto -> float32; ONNX fp32)
+
+
+def decode_bytes(params: tuple[int, int], backend: str, weights: str) -> float:
+    """Bytes of weights one decode step reads at `weights` (dense formats: fp32 on this CPU)."""
+    from mucrasp.planning.weight_formats import get_format
+
+    decoder, head = params
+    fmt = get_format(weights)
+    per_weight = fmt.bytes_per_weight if fmt.quantized else CPU_BYTES
+    head_bytes = per_weight if backend == "onnx" and fmt.quantized else CPU_BYTES  # see the module docstring
+    return decoder * per_weight + head * head_bytes
 
 
 def variant(source: Path, ratio: float, work: Path, method: str) -> Path:
@@ -63,17 +88,62 @@ def variant(source: Path, ratio: float, work: Path, method: str) -> Path:
     return out
 
 
-def export(pruned: Path, backend: str) -> Path:
-    out = pruned.parent / f"{pruned.name}-{backend}"
+def export(pruned: Path, backend: str, weights: str) -> Path:
+    out = pruned.parent / f"{pruned.name}-{backend}-{weights}"
     if out.is_dir():
         return out
     if backend == "vllm":
         from mucrasp.export.vllm_checkpoint import export_vllm
 
-        return export_vllm(pruned, out).out
+        return export_vllm(pruned, out, weights=weights).out
     from mucrasp.export.onnx_export import export_onnx
 
-    return export_onnx(pruned, out).out
+    return export_onnx(pruned, out, weights=weights).out
+
+
+def planner_vs_vllm(folder: Path, weights: str, reported: dict, kv_cache_gb: float) -> dict:
+    """The planner's weight and KV-cache figures for an export (its own config: pruned widths, ratio 0 on
+    it), next to what vLLM's log said it allocated. On this CPU vLLM runs fp32 and sizes its KV cache
+    from VLLM_CPU_KVCACHE_SPACE, so the KV comparison is tokens: that space / the planner's bytes per token."""
+    from mucrasp.planning.memory_model import kv_bytes_per_token, text_weight_bytes
+    from mucrasp.planning.model_shape import model_shape
+
+    config, adapter = read_model_config(folder)
+    shape = model_shape(config, adapter)
+    quantized = weights if weights != UNQUANTIZED["vllm"] else None
+    weights_gib = (shape.vision_params * CPU_BYTES + text_weight_bytes(shape, 0.0, "fp32", quantized)) / 2**30
+    kv_tokens = kv_cache_gb * 2**30 / kv_bytes_per_token(shape, 0.0, "fp32")
+    out = {"predicted_weights_gib": weights_gib, "predicted_kv_tokens": kv_tokens, **reported}
+
+    def error(predicted, measured):
+        return None if not measured else (predicted - measured) / measured
+
+    out["weights_error"] = error(weights_gib, reported.get("weights_gib"))
+    out["kv_tokens_error"] = error(kv_tokens, reported.get("kv_cache_tokens"))
+    return out
+
+
+def backend_formats(args) -> list[tuple[str, str]]:
+    """(backend, weights) pairs of the run, unquantized first per backend (the speedups' reference)."""
+    formats = {"onnx": args.onnx_weights, "vllm": args.vllm_weights, "transformers": ["fp32"]}
+    return [(b, w) for b in args.backends for w in formats[b]]
+
+
+def smollm_spot_records(source: Path, work: Path, n: int):
+    """SmolLM2 has no spot-check set: word problems of its calibration split's held-out half (as
+    bench/quality.py's validation split), answered greedily by the dense model."""
+    from mucrasp.calibration.records import CalibrationRecord
+    from mucrasp.demo.word_problems import N_CALIBRATION, split_prompts
+    from mucrasp.serve.spot_check import dense_answers
+
+    cache = work / "spot_records.json"
+    if cache.is_file():
+        return [CalibrationRecord(None, r["prompt"], r["response"], r["where"]) for r in json.loads(cache.read_text())]
+    prompts = split_prompts("calibration")[N_CALIBRATION // 2 :][:n]
+    records = [CalibrationRecord(None, p, "-", f"word_problems:{i}") for i, p in enumerate(prompts)]
+    records = dense_answers(source, records, max_new_tokens=96)
+    write_json_atomic(cache, [{"prompt": r.prompt, "response": r.response, "where": r.where} for r in records])
+    return records
 
 
 def source_fingerprint(source: Path) -> dict:
@@ -96,24 +166,26 @@ def bench(args) -> list[dict]:
         source = model_source(name)
         work = Path(args.work) / name
         fresh_work_dir(work, source, args.method)
-        spot = None
+        from mucrasp.serve import write_spot_check
+
         if name == "demo":
             from mucrasp.calibration.records import load_records
             from mucrasp.demo.bundled import ensure_demo_data
-            from mucrasp.serve import write_spot_check
 
             test = ensure_demo_data(work / "data")["test"]
             spot = lambda folder: write_spot_check(folder, load_records(test, args.spot_check), "accuracy", str(test))  # noqa: E731
-        dense_params = None
+        else:
+            records = smollm_spot_records(source, work, args.spot_check)
+            spot = lambda folder: write_spot_check(folder, records, "agreement", "the dense model's greedy answers")  # noqa: E731
         for ratio in [0.0, *args.ratios]:
             pruned = variant(source, ratio, work, args.method)
             params = decode_params(pruned)
-            dense_params = dense_params or params
-            for backend in args.backends:
-                folder = export(pruned, backend)
-                if spot and not (folder / "spot_check.jsonl").is_file():
+            for backend, weights in backend_formats(args):
+                folder = export(pruned, backend, weights)
+                if not (folder / "spot_check.jsonl").is_file():
                     spot(folder)
-                print(f"[bench] {name} ratio {ratio:g} on {backend} ...", flush=True)
+                read = decode_bytes(params, backend, weights)
+                print(f"[bench] {name} ratio {ratio:g} on {backend} ({weights}) ...", flush=True)
                 report = run_smoke(
                     SmokeConfig(
                         folder,
@@ -124,7 +196,9 @@ def bench(args) -> list[dict]:
                         spot_check_limit=args.spot_check,
                         processor_dir=pruned,
                         max_model_len=args.max_model_len,
-                        report=Path(args.work) / f"{name}-r{ratio:g}-{backend}.json",
+                        kv_cache_gb=args.kv_cache_gb,
+                        dense=source,
+                        report=Path(args.work) / f"{name}-r{ratio:g}-{backend}-{weights}.json",
                     )
                 )
                 t, m = report.data["throughput"], report.data["memory"]
@@ -133,8 +207,10 @@ def bench(args) -> list[dict]:
                         "model": name,
                         "ratio": ratio,
                         "backend": backend,
-                        "decode_params": params,
-                        "ideal_speedup": dense_params / params,
+                        "weights": weights,
+                        "decode_params": sum(params),
+                        "decode_bytes": read,
+                        "cot_kl": report.data["cot_kl"],
                         "tokens_per_s": t["tokens_per_s"],
                         "decode_tokens_per_s_per_stream": t["decode_tokens_per_s_per_stream"],
                         "ttft_p50_s": t["ttft_p50_s"],
@@ -142,9 +218,19 @@ def bench(args) -> list[dict]:
                         "spot_check": report.data["spot_check"].get("score"),
                     }
                 )
+                reported = report.data["backend_details"].get("vllm_reported")
+                if backend == "vllm" and reported:
+                    rows[-1]["planner"] = planner_vs_vllm(folder, weights, reported, args.kv_cache_gb)
     for row in rows:
-        dense = next(r for r in rows if (r["model"], r["backend"], r["ratio"]) == (row["model"], row["backend"], 0.0))
+        # both against the same backend's dense unquantized row
+        dense = next(
+            r
+            for r in rows
+            if (r["model"], r["backend"], r["ratio"], r["weights"])
+            == (row["model"], row["backend"], 0.0, UNQUANTIZED[row["backend"]])
+        )
         row["speedup"] = row["tokens_per_s"] / dense["tokens_per_s"]
+        row["ideal_speedup"] = dense["decode_bytes"] / row["decode_bytes"]
         row["speedup_vs_ideal"] = row["speedup"] / row["ideal_speedup"]
     return rows
 
@@ -154,18 +240,50 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"Serving benchmark, {meta['date']}, {meta['machine']}. Load: {meta['requests']} requests of "
         f"{meta['max_tokens']} output tokens, {meta['concurrency']} in flight on vLLM (batch 1 on ONNX Runtime).",
         "",
-        "| model | ratio | backend | decode params (M) | tokens/s | speedup | ideal | realised/ideal | "
-        "TTFT p50 (s) | peak RSS (GB) | spot-check |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Speedup: against the same backend's dense unquantized row. Ideal: the ratio of weight bytes one decode "
+        "step reads. CoT KL: nats per chain-of-thought token against the dense model (transformers), "
+        "teacher-forced; '-' where the backend gives no logits (vLLM).",
+        "",
+        "| model | ratio | backend | weights | decode params (M) | decode MB | tokens/s | speedup | ideal | "
+        "realised/ideal | TTFT p50 (s) | peak RSS (GB) | CoT KL | spot-check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        spot = "-" if r["spot_check"] is None else f"{r['spot_check']:.2f}"
+        spot = "-" if r.get("spot_check") is None else f"{r['spot_check']:.2f}"
+        kl = "-" if r.get("cot_kl") is None else f"{r['cot_kl']:.2g}"
+        weights = r.get("weights", UNQUANTIZED.get(r["backend"], "-"))
+        read = "-" if r.get("decode_bytes") is None else f"{r['decode_bytes'] / 1e6:.0f}"
         lines.append(
-            f"| {r['model']} | {r['ratio']:g} | {r['backend']} | {r['decode_params'] / 1e6:.1f} | "
-            f"{r['tokens_per_s']:.1f} | "
+            f"| {r['model']} | {r['ratio']:g} | {r['backend']} | {weights} | {r['decode_params'] / 1e6:.1f} | "
+            f"{read} | {r['tokens_per_s']:.1f} | "
             f"{r['speedup']:.2f}x | {r['ideal_speedup']:.2f}x | {r['speedup_vs_ideal']:.0%} | {r['ttft_p50_s']} | "
-            f"{r['peak_memory_gb']:.2f} | {spot} |"
+            f"{r['peak_memory_gb']:.2f} | {kl} | {spot} |"
         )
+    planned = [r for r in rows if r.get("planner")]
+    if planned:
+        lines += [
+            "",
+            "Planner against vLLM's own log lines (`Model loading took X GiB`, `KV cache size: N tokens`), per "
+            "served export; error = (planned - reported) / reported. vLLM's CPU worker logs no `Model loading "
+            "took` line ('-'); its KV cache is VLLM_CPU_KVCACHE_SPACE, so the KV figure compares the planner's "
+            "bytes per token.",
+            "",
+            "| model | ratio | weights | planned weights (GiB) | vLLM (GiB) | error | planned KV tokens | "
+            "vLLM KV tokens | error |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+
+        def pct(x):
+            return "-" if x is None else f"{x:+.1%}"
+
+        for r in planned:
+            p = r["planner"]
+            lines.append(
+                f"| {r['model']} | {r['ratio']:g} | {r['weights']} | {p['predicted_weights_gib']:.4f} | "
+                f"{p['weights_gib'] if p['weights_gib'] is not None else '-'} | {pct(p['weights_error'])} | "
+                f"{p['predicted_kv_tokens']:,.0f} | {p['kv_cache_tokens'] if p['kv_cache_tokens'] else '-'} | "
+                f"{pct(p['kv_tokens_error'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -175,17 +293,20 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["model"], r["backend"]) for r in rows})
+    def key(r):
+        return r["model"], r["backend"], r.get("weights", UNQUANTIZED.get(r["backend"], "-"))
+
+    groups = sorted({key(r) for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for model, backend in groups:
-        sel = sorted((r for r in rows if (r["model"], r["backend"]) == (model, backend)), key=lambda r: r["ratio"])
+    for group in groups:
+        sel = sorted((r for r in rows if key(r) == group), key=lambda r: r["ratio"])
         ratios = [r["ratio"] for r in sel]
-        axes[0].plot(ratios, [r["speedup"] for r in sel], "o-", label=f"{model} / {backend}")
-        axes[1].plot(ratios, [r["peak_memory_gb"] for r in sel], "o-", label=f"{model} / {backend}")
-    for model, style in zip(sorted({r["model"] for r in rows}), ["k--", "k:", "k-."]):
-        ideal = sorted({(r["ratio"], r["ideal_speedup"]) for r in rows if r["model"] == model})
-        axes[0].plot([i[0] for i in ideal], [i[1] for i in ideal], style, label=f"ideal ({model})")
-    axes[0].set(xlabel="pruning ratio", ylabel="tokens/s speedup vs dense", title="throughput")
+        line = axes[0].plot(ratios, [r["speedup"] for r in sel], "o-", label=" / ".join(group))[0]
+        axes[0].plot(ratios, [r["ideal_speedup"] for r in sel], ":", color=line.get_color())
+        axes[1].plot(ratios, [r["peak_memory_gb"] for r in sel], "o-", label=" / ".join(group))
+    axes[0].set(
+        xlabel="pruning ratio", ylabel="tokens/s speedup vs dense", title="throughput (dotted: ideal bytes ratio)"
+    )
     axes[1].set(xlabel="pruning ratio", ylabel="peak RSS (GB)", title="memory")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -201,7 +322,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["demo", "smollm"], choices=["demo", "smollm"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5])
     parser.add_argument("--backends", nargs="+", default=["vllm", "onnx"], choices=["vllm", "onnx", "transformers"])
+    parser.add_argument("--onnx-weights", nargs="+", default=["fp32", "int8", "int4"], help="export onnx --weights")
+    parser.add_argument("--vllm-weights", nargs="+", default=["bf16", "w8a8"], help="export vllm --weights")
     parser.add_argument("--method", default="magnitude")
+    parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="VLLM_CPU_KVCACHE_SPACE of the vLLM rows")
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=64)

@@ -45,6 +45,7 @@ from mucrasp.checkpoint import read_manifest
 from mucrasp.errors import MucraspError
 from mucrasp.export.genai_config import GENAI_CONFIG_NAME, image_processor_settings, write_genai_files
 from mucrasp.export.onnx_manifest import MANIFEST_NAME, build_manifest
+from mucrasp.export.onnx_quantize import QUANTIZED_WEIGHTS, quantize_graph, resolve_weights
 from mucrasp.model_loading import load_model, read_model_config
 
 ONNX_OPSET = 18  # the CLI prints it
@@ -318,6 +319,7 @@ def vision_grid(config, folder: Path, image_size: int | None) -> tuple[int, int,
 class OnnxExport:
     out: Path
     graphs: list[str]
+    weights: str = "fp32"
 
 
 def export_onnx(
@@ -328,15 +330,19 @@ def export_onnx(
     vision_encoder: bool = True,
     image_size: int | None = None,
     max_sequence: int | None = None,
+    weights: str | None = None,
 ) -> OnnxExport:
     """Export a pruned checkpoint to ONNX graphs plus `manifest.json` in `out` (atomically).
 
     `max_sequence`: the most new tokens one decoder call takes, and the longest past it takes;
     default the model's `max_position_embeddings`.
+    `weights`: fp32 | fp16 (the graphs' dtype) | int8 | int4 (the decoder's weights quantized by ONNX
+    Runtime's tools, see `onnx_quantize`); default `dtype`.
     """
     pruned_dir, out = Path(pruned_dir), Path(out)
     if dtype not in DTYPES:
         raise MucraspError(f"unknown dtype {dtype!r}; choose fp32 or fp16")
+    weights, dtype = resolve_weights(weights, dtype)
     config, adapter = read_model_config(pruned_dir)
     if image_size is not None and adapter.is_vision_language:
         check_image_size(config, image_size)
@@ -354,6 +360,9 @@ def export_onnx(
         info = export_decoder(model, adapter, staging / "decoder.onnx", DTYPES[dtype], max_sequence)
         info["max_sequence"] = max_sequence
         graphs["decoder"] = "decoder.onnx"
+        quantization = None
+        if weights in QUANTIZED_WEIGHTS:
+            quantization = {"decoder": quantize_graph(staging / "decoder.onnx", weights)}
         if adapter.is_vision_language:
             export_embedding(model, adapter, staging / "embedding.onnx", DTYPES[dtype], max_sequence)
             graphs["embedding"] = "embedding.onnx"
@@ -364,9 +373,11 @@ def export_onnx(
                 info["vision_grid_thw"] = None if dynamic_image_size(adapter) else list(grid)
                 graphs["vision"] = "vision.onnx"
         manifest = build_manifest(staging, graphs, model, adapter, info, dtype, ONNX_OPSET, pruning, pruned_dir)
+        # the weight format of each graph: quantized ones name their quantizer, the rest are `dtype`
+        manifest["weights"] = {"format": weights, "quantized_graphs": quantization or {}}
         unsupported = write_genai_files(staging, pruned_dir, manifest, model, adapter)
         manifest["onnxruntime_genai"] = (
             {"config": GENAI_CONFIG_NAME} if unsupported is None else {"config": None, "reason": unsupported}
         )
         write_json_atomic(staging / MANIFEST_NAME, manifest)
-    return OnnxExport(out=out, graphs=sorted(graphs))
+    return OnnxExport(out=out, graphs=sorted(graphs), weights=weights)

@@ -22,7 +22,9 @@ from mucrasp.atomic_io import atomic_directory, check_output_dir, write_json_ato
 from mucrasp.checkpoint import MANIFEST_NAME, per_layer_widths, read_manifest, verify_weights
 from mucrasp.errors import MucraspError
 from mucrasp.export.model_card import build_model_card
+from mucrasp.export.vllm_quantize import quantize_checkpoint
 from mucrasp.model_loading import read_model_config
+from mucrasp.planning.weight_formats import VLLM, check_export_weights
 
 ARCH_PREFIX = EXPORTED_ARCHITECTURE_PREFIX
 _SKIPPED = {"README.md"}
@@ -35,6 +37,8 @@ class VllmExport:
     per_layer: bool
     # card(quality=None, smoke=None) -> the model card's text; the chain writes it after its smoke test
     card: Callable[..., str] | None = field(default=None, repr=False)
+    weights: str = "bf16"
+    quantization: dict | None = None  # what `vllm_quantize.quantize_checkpoint` did, for quantized formats
 
 
 def per_layer_architecture(stock: str) -> str:
@@ -49,8 +53,16 @@ def stock_architecture(name: str) -> str:
 PER_LAYER_SERVED = {stock_architecture(name) for name in vllm_per_layer_classes()}
 
 
-def _serve_notes(out_name: str, per_layer: bool, vision: bool) -> list[str]:
+def _serve_notes(
+    out_name: str, per_layer: bool, vision: bool, tensor_parallel_size: int = 1, weights: str = "bf16"
+) -> list[str]:
     notes = []
+    if weights != "bf16":
+        notes += [
+            f"Weights: {weights}, a compressed-tensors checkpoint (`quantization_config` in config.json) that vLLM",
+            "reads with no flags. The vision tower, embedding and LM head are not quantized.",
+            "",
+        ]
     if per_layer:
         notes += [
             "Each decoder layer has its own width, so this checkpoint names its own architecture. Install",
@@ -62,12 +74,14 @@ def _serve_notes(out_name: str, per_layer: bool, vision: bool) -> list[str]:
         notes += ["Every layer has the same width: a stock checkpoint that vLLM and transformers load as they are.", ""]
     notes += [
         "```bash",
-        f"vllm serve ./{out_name}",
+        f"vllm serve ./{out_name}"
+        + (f" --tensor-parallel-size {tensor_parallel_size}" if tensor_parallel_size > 1 else ""),
         "```",
         "",
         "```python",
         "from vllm import LLM, SamplingParams",
-        f'llm = LLM("./{out_name}")',
+        f'llm = LLM("./{out_name}"'
+        + (f", tensor_parallel_size={tensor_parallel_size})" if tensor_parallel_size > 1 else ")"),
         'print(llm.generate("Hello", SamplingParams(max_tokens=32))[0].outputs[0].text)',
         "```",
     ]
@@ -83,12 +97,19 @@ def export_vllm(
     quality: Any = None,
     smoke: dict | None = None,
     write_card: bool = True,
+    weights: str = "bf16",
+    tensor_parallel_size: int = 1,
 ) -> VllmExport:
     """Write `pruned_dir` (a pruned checkpoint) to `out` as a checkpoint that vLLM serves.
 
     `write_card=False` leaves README.md out: the deployment chain writes it once, after its smoke test,
-    with `result.card(quality, smoke)`."""
+    with `result.card(quality, smoke)`. `weights`: bf16 (the checkpoint's weights as they are) or a
+    compressed-tensors format, w8a8 | w4a16 | fp8 (see `vllm_quantize`). `tensor_parallel_size`: the GPUs
+    the card's serve command splits the model over (the deployment chain passes the profile's gpu_count)."""
     pruned_dir, out = Path(pruned_dir), Path(out)
+    check_export_weights(VLLM, weights)
+    if tensor_parallel_size < 1:
+        raise MucraspError(f"tensor_parallel_size must be at least 1, not {tensor_parallel_size}")
     config, adapter = read_model_config(pruned_dir)
     manifest = read_manifest(pruned_dir)
     check_output_dir(out, overwrite, inputs=(pruned_dir,))
@@ -108,7 +129,7 @@ def export_vllm(
     quality = quality if quality is not None else manifest.get("quality")
 
     def card(measured: Any = None, smoke: dict | None = None) -> str:
-        notes = _serve_notes(out.name, per_layer, adapter.is_vision_language)
+        notes = _serve_notes(out.name, per_layer, adapter.is_vision_language, tensor_parallel_size, weights)
         measured = measured if measured is not None else quality
         return build_model_card(
             manifest, architecture, list(zip(*widths)), before, per_layer, notes, measured, smoke=smoke
@@ -124,9 +145,12 @@ def export_vllm(
         if not (staging / "generation_config.json").is_file():
             generation = {k: raw[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in raw}
             write_json_atomic(staging / "generation_config.json", generation)
+        quantization = quantize_checkpoint(staging, weights) if weights != "bf16" else None
         if write_card:
             (staging / "README.md").write_text(card(quality, smoke))
-    return VllmExport(out=out, architecture=architecture, per_layer=per_layer, card=card)
+    return VllmExport(
+        out=out, architecture=architecture, per_layer=per_layer, card=card, weights=weights, quantization=quantization
+    )
 
 
 __all__ = ["VllmExport", "export_vllm", "per_layer_architecture", "stock_architecture", "MANIFEST_NAME"]

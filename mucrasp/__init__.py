@@ -14,7 +14,7 @@ from mucrasp.errors import MucraspError
 # skipped the .pth file (`python -S`); see mucrasp/_cpu_torch_compat.py.
 _cpu_torch_compat.apply()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["MucraspError", "load_pruned", "save_pruned", "__version__"]
 
 

@@ -4,6 +4,13 @@
 until the kept parameters reach (1 - ratio) of the prunable parameters. Widths come out
 non-uniform. `uniform` layout: every layer gets the same widths; the (MLP, KV-group) width pair
 with the highest total value that fits the budget wins, and each layer keeps its best units.
+`ratio-per-layer` layout: the reference recipe of Wanda-SP and LLM-Pruner: one ratio r for every
+unit type in every pruned layer (a layer keeps floor((1 − r)·n) MLP channels and n − floor(r·n) KV
+groups, its best by value), with r the smallest ratio whose kept parameters fit the budget.
+`ratio-per-layer-skip-ends` does the same but keeps the first and last layers whole, in the
+proportion of LLM-Pruner's `block_*_layer_start/end` (4 and 30 of LLaMA's 32 layers: the first
+round(n·4/32) and the last round(n·2/32) layers of an n-layer model), so the layers in between
+take a higher ratio for the same budget.
 
 Before ranking, each unit type's values are rescaled so that its average value per parameter is 1
 (`balance_unit_types`). Without it, a score normalised per unit (a GQA group worth about as much as
@@ -41,8 +48,10 @@ if TYPE_CHECKING:
     from mucrasp.params import UnitCosts
     from mucrasp.units import KeepPlan, UnitScores
 
-LAYOUTS = ("global", "uniform")
-Layout = Literal["global", "uniform"]
+LAYOUTS = ("global", "uniform", "ratio-per-layer", "ratio-per-layer-skip-ends")
+Layout = Literal["global", "uniform", "ratio-per-layer", "ratio-per-layer-skip-ends"]
+#: LLM-Pruner's hf_prune.py defaults for LLaMA's 32 layers: prune layers 4..29, keep the first 4 and last 2.
+_SKIP_FIRST, _SKIP_LAST, _REFERENCE_LAYERS = 4, 2, 32
 #: The pruning ratio, checked here only: every config that takes one uses this type.
 Ratio = Annotated[
     float, Field(ge=0.0, le=0.9, description="fraction of the decoder's attention+MLP parameters removed")
@@ -72,6 +81,8 @@ class AllocationConfig(AllocationSettings):
     layout: Layout = "global"
     prune_attention: bool = True  # False keeps every GQA group (e.g. for a stock Qwen-VL config)
     balance_unit_types: bool = True  # see the module docstring; FLAP's z-scores balance themselves
+    # False: only the structural minimum (one block of MLP channels, min_kv_groups), as FLAP's reference has no floor.
+    per_layer_floor: bool = True
 
 
 @dataclass
@@ -105,7 +116,7 @@ def _minimum_units(unit_type: str, available: int, config: AllocationConfig) -> 
             )
         wanted = config.min_kv_groups
     else:
-        wanted = math.ceil(config.min_mlp_fraction * available)
+        wanted = math.ceil(config.min_mlp_fraction * available) if config.per_layer_floor else 1
     return min(available, math.ceil(wanted / block) * block)
 
 
@@ -132,6 +143,8 @@ def allocate(values: UnitScores, costs: UnitCosts, config: AllocationConfig) -> 
         values = balance_unit_types(values, costs)
     if config.layout == "uniform":
         return _allocate_uniform(values, costs, config, budget)
+    if config.layout.startswith("ratio-per-layer"):
+        return _allocate_ratio_per_layer(values, costs, config, budget)
     return _allocate_global(values, costs, config, budget)
 
 
@@ -213,6 +226,71 @@ def _allocate_uniform(values: UnitScores, costs: UnitCosts, config: AllocationCo
             for i in range(n_layers)
         ]
     )
+
+
+def pruned_layer_range(n_layers: int, skip_ends: bool) -> range:
+    """The layers a ratio-per-layer layout prunes: all, or LLM-Pruner's middle ones scaled to n_layers."""
+    if not skip_ends:
+        return range(n_layers)
+    first = round(n_layers * _SKIP_FIRST / _REFERENCE_LAYERS)
+    last = round(n_layers * _SKIP_LAST / _REFERENCE_LAYERS)
+    return range(first, max(first, n_layers - last))
+
+
+def _kept_at(ratio: float, available: int, unit_type: str, config: AllocationConfig) -> int:
+    """Units one layer keeps at `ratio`, rounded as the reference pruners do, then to the block size."""
+    from mucrasp.units import ATTN
+
+    minimum = _minimum_units(unit_type, available, config)
+    if unit_type == ATTN:
+        kept = available - math.floor(ratio * available + 1e-9)
+    else:
+        kept = math.floor((1.0 - ratio) * available + 1e-9)
+    block = _block_size(unit_type, config)
+    return min(available, max(minimum, kept // block * block))
+
+
+def _allocate_ratio_per_layer(
+    values: UnitScores, costs: UnitCosts, config: AllocationConfig, budget: float
+) -> KeepPlan:
+    import torch
+
+    from mucrasp.units import ATTN, MLP, UNIT_TYPES, KeepPlan, LayerKeep
+
+    n_layers = len(values.mlp)
+    pruned = pruned_layer_range(n_layers, config.layout.endswith("skip-ends"))
+
+    def counts(ratio: float) -> list[dict[str, int]]:
+        return [
+            {t: _kept_at(ratio if i in pruned else 0.0, len(values.of(t)[i]), t, config) for t in UNIT_TYPES}
+            for i in range(n_layers)
+        ]
+
+    def cost(ratio: float) -> float:
+        return sum(c[t] * costs.of(t)[i] for i, c in enumerate(counts(ratio)) for t in UNIT_TYPES)
+
+    if cost(1.0) > budget:
+        raise MucraspError(
+            f"ratio {config.ratio} is too high for layout {config.layout}: the pruned layers at their minimum "
+            f"keep {cost(1.0) / (budget / (1 - config.ratio)):.1%} of the prunable parameters"
+        )
+    # The kept counts are step functions of the ratio: try every step (and just past it), take the smallest fit.
+    steps = {0.0, 1.0}
+    for i in pruned:
+        for t in UNIT_TYPES:
+            n = len(values.of(t)[i])
+            steps.update(k / n for k in range(n + 1))
+    candidates = sorted({min(1.0, r + d) for r in steps for d in (0.0, 1e-12)})
+    low, high = 0, len(candidates) - 1  # cost(candidates[high]) <= budget; cost only falls as the ratio grows
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if cost(candidates[middle]) <= budget else (middle + 1, high)
+    chosen = candidates[high]
+    layers = []
+    for i, c in enumerate(counts(chosen)):
+        best = {t: torch.argsort(values.of(t)[i].double(), descending=True, stable=True)[: c[t]] for t in UNIT_TYPES}
+        layers.append(LayerKeep(best[MLP], best[ATTN]))
+    return KeepPlan(layers)
 
 
 def _plan_from(kept: dict[tuple[int, str], list[torch.Tensor]], n_layers: int) -> KeepPlan:

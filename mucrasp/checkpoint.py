@@ -117,15 +117,23 @@ def save_pruned(
     manifest: dict[str, Any],
     source_dir: str | Path | None = None,
     overwrite: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write a sliced model as a checkpoint, atomically: `out_dir` appears complete or not at all."""
+    """Write a sliced model as a checkpoint, atomically: `out_dir` appears complete or not at all.
+
+    `dtype`: the dtype to write (the model is converted in place, one tensor at a time); None: as it is.
+    A sharded source gives a copy sharded at the source's shard size.
+    """
     adapter = adapter_for_config(model.config)
     out_dir = Path(out_dir)
     record_widths(model, adapter, plan)
+    if dtype is not None and next(model.parameters()).dtype != dtype:
+        model.to(dtype)
+    shard_size = source_shard_size(source_dir)
     # The source must survive: refuse an output that is, holds, or lies inside it (`--out SRC --overwrite`).
     with atomic_directory(out_dir, overwrite=overwrite, inputs=(source_dir,)) as staging:
         carried = _carry_source_files(Path(source_dir) if source_dir else None, staging)
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **({"max_shard_size": shard_size} if shard_size else {}))
         # per-layer: the module and `auto_map` the Auto classes load it with (trust_remote_code=True), no mucrasp
         per_layer = per_layer_widths(model.config, adapter) is not None
         write_remote_code(staging, adapter.hf_remote_code_names(model) if per_layer else None)
@@ -155,7 +163,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         data = read_json_file(index)
@@ -275,7 +283,7 @@ def verify_weights(path: str | Path) -> None:
 
     config, adapter = read_model_config(path)
     found: dict[tuple[int, str], tuple[Path, str, list[int]]] = {}
-    for shard in _weight_files(path):
+    for shard in weight_files(path):
         for name, (_, shape) in read_safetensors_header(shard).items():
             match = _DECODER_KEY.search(name)
             if match and "visual" not in name and "vision" not in name:
@@ -290,12 +298,21 @@ def verify_weights(path: str | Path) -> None:
             raise MucraspError(f"{shard}: {name} has shape {list(actual)}, but config.json says {list(shape)}")
 
 
-def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+def load_pruned(
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
+) -> PreTrainedModel:
     """Load a checkpoint written by `save_pruned`, rebuilding per-layer shapes where it has them.
 
     A stock (uniform) checkpoint goes through the model class's own `from_pretrained`. A per-layer
     one is built with empty weights at the original widths, each layer is resized to its recorded
-    widths, and the saved tensors are assigned in.
+    widths, and the saved tensors are assigned in, converted to `dtype` one tensor at a time (so a
+    bf16 checkpoint loaded in fp32 never holds both copies whole). `dtype` None keeps the stored dtype.
+    `device` puts the whole model there; `device_map` (accelerate's: "auto", "balanced", or a dict of
+    module -> device, "cpu" or "disk") spreads it, with `offload_folder` for the "disk" part.
     """
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -303,22 +320,18 @@ def load_pruned(path: str | Path, dtype: torch.dtype | None = None) -> PreTraine
     if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file():
         verify_weights(path)  # one line naming the file, instead of a loader traceback
     try:
-        return _load_pruned(path, dtype)
+        return _load_pruned(path, dtype, device, device_map, offload_folder)
     except (SafetensorError, OSError, ValueError) as exc:  # what the checks above cannot see (a corrupt tensor)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MucraspError(f"cannot load the model in {path}: {reason}") from None
 
 
-def _load_pruned(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
-    config = AutoConfig.from_pretrained(path)
-    adapter = adapter_for_config(config)
-    widths = per_layer_widths(config, adapter)
-    if widths is None:
-        model = adapter.model_class().from_pretrained(path, dtype=dtype or "auto")
-        return model.eval()
-
+def _empty_model(config: PretrainedConfig, adapter: ArchitectureAdapter, widths) -> PreTrainedModel:
+    """The model of `config` on the meta device (no memory), its layers at the recorded per-layer widths."""
     with init_empty_weights():
         model = adapter.model_class()(config)
+    if widths is None:
+        return model
     output_bias = getattr(adapter.text_config(config), OUTPUT_PROJECTION_BIAS, False)
     for layer, mlp, kv in zip(adapter.decoder_layers(model), *widths):
         adapter.slice_layer(layer, config, torch.arange(mlp), torch.arange(kv))
@@ -326,14 +339,59 @@ def _load_pruned(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
             for linear in (adapter.attention_projections(layer)[3], adapter.mlp_projections(layer)[2]):
                 if linear.bias is None:
                     linear.bias = torch.nn.Parameter(torch.empty(linear.out_features, device="meta"))
+    return model
+
+
+def empty_model(path: str | Path) -> PreTrainedModel:
+    """The checkpoint's model with every tensor on the meta device: its shapes and names, no weights."""
+    config = AutoConfig.from_pretrained(path)
+    adapter = adapter_for_config(config)
+    return _empty_model(config, adapter, per_layer_widths(config, adapter))
+
+
+def file_keys(model: PreTrainedModel) -> dict[str, str]:
+    """Module key -> the key `save_pretrained` writes it under (Qwen-VL renames some; see _load_pruned)."""
+    return {
+        key: next(iter(revert_weight_conversion(model, {key: tensor}))) for key, tensor in model.state_dict().items()
+    }
+
+
+def source_shard_size(source_dir: str | Path | None) -> int | None:
+    """The largest weight shard of a sharded source in bytes (None when it is one file or unknown): a pruned
+    copy written with it as `max_shard_size` is sharded like its source."""
+    if source_dir is None or not (Path(source_dir) / "model.safetensors.index.json").is_file():
+        return None
+    return max(shard.stat().st_size for shard in weight_files(Path(source_dir)))
+
+
+def _load_pruned(
+    path: Path,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+    device_map: str | dict[str, Any] | None,
+    offload_folder: str | Path | None,
+) -> PreTrainedModel:
+    config = AutoConfig.from_pretrained(path)
+    adapter = adapter_for_config(config)
+    widths = per_layer_widths(config, adapter)
+    device = torch.device(device) if device is not None else None
+    if widths is None:
+        if device_map is None and device is not None and device.type != "cpu":
+            device_map = {"": device}  # straight onto the accelerator, no CPU copy on the way
+        model = adapter.model_class().from_pretrained(
+            path, dtype=dtype or "auto", device_map=device_map, offload_folder=offload_folder
+        )
+        return model.eval()
+
+    model = _empty_model(config, adapter, widths)
     saved = {}
-    for shard in _weight_files(path):
-        saved.update(load_file(shard))
+    load_device = str(device) if device is not None and device_map is None else "cpu"
+    for shard in weight_files(path):
+        for key, tensor in load_file(shard, device=load_device).items():
+            saved[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     # save_pretrained writes some families under legacy key names (Qwen-VL: `model.layers.*` for
     # `model.language_model.layers.*`); ask transformers how it renamed each key when saving.
-    file_key_to_module_key = {
-        next(iter(revert_weight_conversion(model, {key: tensor}))): key for key, tensor in model.state_dict().items()
-    }
+    file_key_to_module_key = {file_key: key for key, file_key in file_keys(model).items()}
     state = {file_key_to_module_key.get(key, key): tensor for key, tensor in saved.items()}
     unexpected = sorted(set(state) - set(file_key_to_module_key.values()))
     if unexpected:
@@ -344,7 +402,14 @@ def _load_pruned(path: Path, dtype: torch.dtype | None) -> PreTrainedModel:
     if missing:
         raise MucraspError(f"{path}: checkpoint lacks weights, e.g. {missing[:3]}")
     if dtype is not None:
-        model.to(dtype)
+        model.to(dtype)  # what the weights did not carry (buffers, tied copies); the tensors are converted
+    if device_map is not None:
+        # A per-layer model has no from_pretrained of its own: load, then let accelerate place (or offload) it.
+        from accelerate import dispatch_model, infer_auto_device_map
+
+        if isinstance(device_map, str):
+            device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
+        model = dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
     if (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model.eval()

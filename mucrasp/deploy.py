@@ -13,7 +13,9 @@ function plus one line in `BUILD_STEPS` or `CHECK_STEPS`.
   and says `complete: true` when every step passed. A folder without report.json is incomplete;
   Ctrl-C during these steps removes it.
 
-With no model it uses the bundled demo VLM and its calibration split. Scores are cached by content
+With no model it uses the bundled demo VLM and its calibration split; a model given without a
+calibration file writes its own (`self_calibration_step`: the dense model's answers to bundled
+prompts, with a disjoint spot-check set), and no method is ever swapped for another. Scores are cached by content
 (see `mucrasp.scoring.score_cache`), so a second deployment of the same model at another ratio or
 for another profile skips the gradient pass. The profile is loaded once and the model at most once
 for scoring and pruning together.
@@ -35,6 +37,8 @@ from pydantic import Field
 
 import mucrasp
 from mucrasp.allocation import Ratio
+from mucrasp.calibration.self_calibration import SelfCalibrationConfig
+from mucrasp.devices import DeviceSpec
 from mucrasp.errors import MucraspError
 from mucrasp.planning.profiles import Profile
 from mucrasp.planning.workload import Workload
@@ -61,6 +65,8 @@ class DeployConfig(JobConfig):
     method: str = "mucrasp"
     calibration: Path | None = None  # None: the demo's calibration split for the demo model
     ratio: Ratio | None = None  # None: the planner's choice; a number overrides it (the plan is still written)
+    # The export's weight format (mucrasp.planning.weight_formats); None: the plan's choice among the target's.
+    weights: str | None = None
     step: float = 0.05
     max_ratio: float = 0.5
     cache_dir: Path | None = None  # scores and demo data; None: $MUCRASP_CACHE_DIR or ~/.cache/mucrasp
@@ -75,6 +81,16 @@ class DeployConfig(JobConfig):
     eval_limit: int | None = Field(None, ge=1)
     eval_ground_truth: bool = False  # the set's responses end in true answers: report accuracy
     eval_max_new_tokens: int = Field(96, ge=1)
+    # Distil the dense model into the pruned one for this many steps after pruning (mucrasp.recovery); 0: none.
+    recover_steps: int = Field(0, ge=0)
+    # Refit o_proj/down_proj on the calibration set after slicing (mucrasp.reconstruction); needs calibration.
+    reconstruct: bool = False
+    # No --calib for a --model: sizes of the set the dense model writes itself (calibration.self_calibration).
+    self_calibration: SelfCalibrationConfig = Field(default_factory=SelfCalibrationConfig)
+    # Where scoring, pruning and eval run (mucrasp.devices). The dtype is `workload.dtype`, with one meaning:
+    # the dtype the model runs in and is written in, and the one the planner sizes serving for; None: the
+    # checkpoint's own dtype for the model (auto), the profile's best 16-bit dtype for the plan.
+    device: DeviceSpec = "auto"
 
 
 def _no_progress(description: str, done: int, total: int) -> None:
@@ -96,8 +112,11 @@ class DeployContext:
     staging: Path | None = None
     plan: Plan | None = None
     ratio: float | None = None
+    weights: str | None = None  # the export's --weights; None: the export's dense default
     loaded: Any = None  # the dense model, loaded once for scoring and pruning (pruning slices it)
-    method: str | None = None  # the method that actually scored (magnitude when falling back)
+    method: str | None = None  # the method that scored
+    spot_check: Path | None = None  # held-out prompts with the dense model's answers (self-calibration)
+    self_calibration: dict[str, Any] | None = None  # what self-calibration made, for report.json
     scores: Path | None = None
     spot_note: str = ""
     smoke: dict[str, Any] | None = None
@@ -112,12 +131,17 @@ class DeployContext:
     def record(self, name: str, status: str, detail: str) -> None:
         self.steps.append({"step": name, "status": status, "detail": detail})
 
+    @property
+    def run_dtype(self) -> str:
+        """The --dtype the chain's model runs in (`DeployConfig.device`'s comment says why this one)."""
+        return self.config.workload.dtype or "auto"
+
     def load_dense(self) -> Any:
         if self.loaded is None:
             from mucrasp.model_loading import load_model
 
             self.progress("loading model", 0, 1)
-            self.loaded = load_model(self.model_dir)
+            self.loaded = load_model(self.model_dir, dtype=self.run_dtype, device=self.config.device)
             self.progress("loading model", 1, 1)
         return self.loaded
 
@@ -135,11 +159,17 @@ def plan_step(ctx: DeployContext) -> None:
     from mucrasp.planning.planner import plan_model
 
     c = ctx.config
+    if c.weights is not None:  # before any work: a name the target's export does not write is bad input
+        from mucrasp.planning.weight_formats import check_export_weights
+
+        check_export_weights(c.target, c.weights)
     ctx.progress("plan", 0, 1)
-    ctx.plan = plan_model(ctx.model_dir, ctx.profile, c.workload, c.step, c.max_ratio)
+    ctx.plan = plan_model(ctx.model_dir, ctx.profile, c.workload, c.step, c.max_ratio, c.weights, runtime=c.target)
     ctx.progress("plan", 1, 1)
     write_json_atomic(ctx.folder / "plan.json", ctx.plan.to_dict())
     ctx.ratio = c.ratio if c.ratio is not None else ctx.plan.ratio
+    # A dense plan keeps the export's own dtype (the ONNX export writes fp32, not the plan's bf16).
+    ctx.weights = c.weights or (ctx.plan.weights if ctx.plan.quantized else None)
     if ctx.ratio is None:
         raise MucraspError(ctx.plan.message)
     ctx.record(
@@ -147,6 +177,22 @@ def plan_step(ctx: DeployContext) -> None:
         "done",
         ctx.plan.message if c.ratio is None else f"{ctx.plan.message}; --ratio {ctx.ratio:g} overrides it",
     )
+
+
+def self_calibration_step(ctx: DeployContext) -> None:
+    """No --calib for a model of the user's, and scoring or recovery needs data: the dense model answers the
+    bundled prompts itself (calibration and a disjoint spot-check set), cached by the model's content."""
+    from mucrasp.scoring import get_method
+
+    c = ctx.config
+    needed = ctx.ratio != 0 and (get_method(c.method).needs_calibration or c.recover_steps > 0 or c.reconstruct)
+    if ctx.calibration is not None or not needed:
+        return
+    from mucrasp.calibration.self_calibration import self_calibrate
+
+    made = self_calibrate(ctx.model_dir, ctx.cache_dir, c.self_calibration, load=ctx.load_dense, progress=ctx.progress)
+    ctx.calibration, ctx.spot_check, ctx.self_calibration = made.calibration, made.spot_check, made.info
+    ctx.record("calibration", "cached" if made.cached else "done", made.describe())
 
 
 def score_step(ctx: DeployContext) -> None:
@@ -160,15 +206,11 @@ def score_step(ctx: DeployContext) -> None:
         ctx.record("score", "skipped", "ratio 0: nothing to prune")
         return
     method = get_method(ctx.config.method)
-    if method.needs_calibration and ctx.calibration is None:
-        ctx.method = "magnitude"
-        ctx.record("score", "fallback", f"{method.name} needs --calib; scored by magnitude instead")
-        return
+    # No fallback: a method that needs data and got no --calib was given the self-calibration set.
     ctx.method = method.name
     options = resolved_options(method.config_class, {}, method.name)
-    path = cached_scores_path(
-        ctx.cache_dir, ctx.model_dir, ctx.calibration, method.name, options, {"max_seq_len": ctx.config.max_seq_len}
-    )
+    extra = {"max_seq_len": ctx.config.max_seq_len, "dtype": ctx.run_dtype}  # bf16 and fp32 scores differ
+    path = cached_scores_path(ctx.cache_dir, ctx.model_dir, ctx.calibration, method.name, options, extra)
     ctx.scores = path
     if path.is_file():
         ctx.record("score", "cached", f"{method.name} scores reused from {path}")
@@ -180,6 +222,8 @@ def score_step(ctx: DeployContext) -> None:
             calibration=ctx.calibration,
             method=method.name,
             max_seq_len=ctx.config.max_seq_len,
+            device=ctx.config.device,
+            dtype=ctx.run_dtype,
         ),
         progress=ctx.progress,
         loaded=ctx.load_dense(),
@@ -208,8 +252,12 @@ def prune_step(ctx: DeployContext) -> None:
             ratio=ctx.ratio,
             method=ctx.method,
             scores=ctx.scores,
-            calibration=None,
+            calibration=ctx.calibration if ctx.config.reconstruct else None,  # scores come from the cache
+            reconstruct=ctx.config.reconstruct,
             max_seq_len=ctx.config.max_seq_len,
+            tp=ctx.profile.gpu_count,  # kept KV groups divide by the --tensor-parallel-size the smoke test uses
+            device=ctx.config.device,
+            dtype=ctx.run_dtype,
         )
         scores, stored = load_scores(ctx.scores) if ctx.scores is not None else (None, None)
         pruned = prune_loaded(config, ctx.load_dense(), ctx.progress, scores=scores, stored=stored)
@@ -218,6 +266,45 @@ def prune_step(ctx: DeployContext) -> None:
             "prune", "done", f"{ctx.method} at ratio {ctx.ratio:g}, achieved {pruned.outcome.ratio_achieved:.3f}"
         )
     _link(model_dir / MANIFEST_NAME, ctx.folder / MANIFEST_NAME)
+
+
+def recover_step(ctx: DeployContext) -> None:
+    """`--recover-steps N`: distil the dense model into the pruned one (mucrasp.recovery) on the calibration
+    traces; the recovered checkpoint (same widths, pruning.json with a `recovery` entry) replaces model/."""
+    import shutil
+
+    c = ctx.config
+    if not c.recover_steps:
+        return
+    if ctx.ratio == 0:
+        ctx.record("recover", "skipped", "ratio 0: nothing was pruned")
+        return
+    from mucrasp.recovery import RecoverConfig, recover
+
+    model_dir, recovered = ctx.folder / "model", ctx.folder / "model.recovered"
+    report = recover(
+        RecoverConfig(
+            pruned=model_dir,
+            dense=ctx.model_dir,
+            out=recovered,
+            calibration=ctx.calibration,
+            steps=c.recover_steps,
+            max_seq_len=c.max_seq_len,
+            cache_dir=ctx.cache_dir,
+        ),
+        progress=ctx.progress,
+    )
+    (ctx.folder / MANIFEST_NAME).unlink()
+    shutil.rmtree(model_dir)
+    os.replace(recovered, model_dir)
+    _link(model_dir / MANIFEST_NAME, ctx.folder / MANIFEST_NAME)
+    r = report.result
+    ctx.record(
+        "recover",
+        "done",
+        f"{len(r.losses)} distillation steps on {r.samples} traces, loss {r.losses[0]:.4f} -> {r.losses[-1]:.4f} "
+        f"({r.seconds_per_step:.2f} s/step)",
+    )
 
 
 def _link(source: Path, link: Path) -> None:
@@ -235,13 +322,19 @@ def export_step(ctx: DeployContext) -> None:
         from mucrasp.export.vllm_checkpoint import export_vllm
 
         # No README.md yet: the card step writes it once, with the smoke test's (and eval's) figures.
-        exported = export_vllm(model_dir, export_dir, write_card=False)
+        exported = export_vllm(
+            model_dir,
+            export_dir,
+            write_card=False,
+            weights=ctx.weights or "bf16",
+            tensor_parallel_size=ctx.profile.gpu_count,
+        )
         ctx.exported = exported
         ctx.record("export", "done", f"vLLM checkpoint ({exported.architecture}) in export/")
     else:
         from mucrasp.export.onnx_export import export_onnx
 
-        exported = export_onnx(model_dir, export_dir)
+        exported = export_onnx(model_dir, export_dir, weights=ctx.weights)
         ctx.record("export", "done", f"ONNX graphs ({', '.join(exported.graphs)}) in export/")
     ctx.progress("export", 1, 1)
 
@@ -258,6 +351,10 @@ def spot_check_step(ctx: DeployContext) -> None:
         test = ensure_demo_data(ctx.cache_dir / "demo-data")["test"]
         write_spot_check(export_dir, load_records(test, SPOT_CHECK_RECORDS), "accuracy", f"demo test split {test}")
         ctx.spot_note = "demo test split"
+        return
+    if ctx.spot_check is not None:  # self-calibration's held-out prompts, already answered by the dense model
+        write_spot_check(export_dir, load_records(ctx.spot_check), "agreement", f"self-calibration {ctx.spot_check}")
+        ctx.spot_note = "agreement with the dense model on held-out self-calibration prompts"
         return
     if ctx.calibration is None:
         ctx.spot_note = "no calibration prompts to ask"
@@ -279,7 +376,8 @@ def _planned(ctx: DeployContext) -> Planned:
     from mucrasp.serve.memory import gpu_available
 
     w, c = ctx.config.workload, ctx.config
-    row = next((r for r in ctx.plan.rows if abs(r.ratio - ctx.ratio) < 1e-9), None)
+    weights = ctx.weights or ctx.plan.dtype  # the row of the format exported (dense: the plan's dtype)
+    row = next((r for r in ctx.plan.rows if abs(r.ratio - ctx.ratio) < 1e-9 and r.weights == weights), None)
     enforced = bool(w.target_tokens_per_s) and (c.enforce_target if c.enforce_target is not None else gpu_available())
     note = ""
     if w.target_tokens_per_s and not enforced:
@@ -392,6 +490,8 @@ def eval_step(ctx: DeployContext) -> None:
                 ground_truth=c.eval_ground_truth,
                 max_new_tokens=c.eval_max_new_tokens,
                 out=ctx.folder / "eval.json",
+                device=c.device,
+                dtype=ctx.run_dtype,
             ),
             ctx.progress,
         )
@@ -434,6 +534,7 @@ def report_step(ctx: DeployContext) -> None:
             "planned_vs_measured": (ctx.smoke or {}).get("planned_vs_measured"),
             "smoke": ctx.smoke,
             "eval": ctx.eval_report,
+            "self_calibration": ctx.self_calibration,
             "complete": bool(ctx.smoke and ctx.smoke["passed"]) and all(s["status"] != "failed" for s in ctx.steps),
         },
     )
@@ -441,7 +542,15 @@ def report_step(ctx: DeployContext) -> None:
 
 Step = Callable[[DeployContext], None]
 #: Run in the staging folder; it becomes the deployment folder when they are done.
-BUILD_STEPS: list[Step] = [plan_step, score_step, prune_step, export_step, spot_check_step]
+BUILD_STEPS: list[Step] = [
+    plan_step,
+    self_calibration_step,
+    score_step,
+    prune_step,
+    recover_step,
+    export_step,
+    spot_check_step,
+]
 #: Run in the deployment folder.
 CHECK_STEPS: list[Step] = [smoke_step, eval_step, card_step, report_step]
 

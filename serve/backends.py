@@ -185,6 +185,35 @@ def _cot_kl(pruned, config: SmokeConfig, records, vision: bool, device: str) -> 
     return totals.as_metrics()["cot_kl"]
 
 
+def _onnx_cot_kl(generator, config: SmokeConfig, records, vision: bool) -> float:
+    """`_cot_kl` for an ONNX export: the served logits are the graphs' prompt pass over the dense trace
+    (teacher-forced: one decoder call on prompt + response), against the dense transformers model's."""
+    import torch
+    import torch.nn.functional as F
+
+    from mucrasp.calibration import PivotConfig, build_batches, load_processor
+    from mucrasp.checkpoint import load_pruned
+
+    dense = load_pruned(config.dense, dtype=torch.float32)
+    processor = load_processor(config.dense, vision)
+    kl_sum, tokens = 0.0, 0
+    for batch in build_batches(list(records), processor, dense.config, PivotConfig(), vision):
+        targets = batch.response_mask[1:]
+        with torch.no_grad():
+            dense_logp = F.log_softmax(dense(**batch.inputs).logits[0, :-1].double(), dim=-1)[targets]
+        served = generator.generate(
+            batch.input_ids[0].numpy(),
+            pixel_values=_np(batch.inputs.get("pixel_values")),
+            image_grid_thw=_np(batch.inputs.get("image_grid_thw")),
+            max_new_tokens=1,
+            stop_at_eos=False,
+        ).prompt_logits
+        served_logp = F.log_softmax(torch.from_numpy(served[:-1]).double(), dim=-1)[targets]
+        kl_sum += float((dense_logp.exp() * (dense_logp - served_logp)).sum())
+        tokens += int(targets.sum())
+    return kl_sum / max(tokens, 1)
+
+
 # ---- ONNX Runtime -------------------------------------------------------------------------------------
 def onnx_providers() -> list[str]:
     import onnxruntime as ort
@@ -243,7 +272,11 @@ def run_onnx(
         _timed(one, load[:1])
         load_phase = _timed(one, load)
         spot_texts = [r.text for r in _timed(one, spot).results]
-    return BackendRun(load_phase, spot_texts, peak.bytes, "rss", {"providers": providers, "dtype": manifest["dtype"]})
+    peak_bytes = peak.bytes  # measured before the KL pass, which loads the dense model too: not serving memory
+    generator.step = step
+    cot_kl = _onnx_cot_kl(generator, config, spot_records, vision) if config.dense and spot_records else None
+    details = {"providers": providers, "dtype": manifest["dtype"], "weights": manifest.get("weights", {}).get("format")}
+    return BackendRun(load_phase, spot_texts, peak_bytes, "rss", details, cot_kl)
 
 
 def _np(tensor):
@@ -265,6 +298,18 @@ def _gpu_memory_utilization(config: SmokeConfig) -> float | None:
     return load_profile(config.profile).gpu_memory_utilization
 
 
+def tensor_parallel_size(config: SmokeConfig) -> int:
+    """vLLM's --tensor-parallel-size: as given, else the profile's GPU count (the planner split the model
+    over that many GPUs), else 1."""
+    if config.tensor_parallel_size is not None:
+        return config.tensor_parallel_size
+    if config.profile is None:
+        return 1
+    from mucrasp.planning import load_profile
+
+    return load_profile(config.profile).gpu_count
+
+
 def _max_model_len(config: SmokeConfig) -> int:
     """The requested context, capped at what the model was built for (vLLM refuses longer)."""
     model = model_config(config.export_dir)
@@ -276,7 +321,7 @@ def run_vllm_server(
     config: SmokeConfig, load: Sequence[ChatRequest], spot: Sequence[ChatRequest], spot_records=None
 ) -> BackendRun:
     from mucrasp.serve.http_load import ServerDied, run_requests
-    from mucrasp.serve.vllm_server import VllmServer, failure_reason
+    from mucrasp.serve.vllm_server import VllmServer, failure_reason, reported_allocation
 
     gpu = gpu_available()
     vision = "vision_config" in model_config(config.export_dir)
@@ -294,6 +339,7 @@ def run_vllm_server(
         kv_cache_gb=config.kv_cache_gb,
         max_num_seqs=max(config.concurrency, 1),
         startup_timeout_s=config.startup_timeout_s,
+        tensor_parallel_size=tensor_parallel_size(config),
     )
     failed = True
     try:
@@ -325,6 +371,7 @@ def run_vllm_server(
     finally:
         server.stop()
         if not failed:
+            details["vllm_reported"] = reported_allocation(log_path)  # for the planner's memory figures
             log_path.unlink(missing_ok=True)
     return BackendRun(load_phase, [r.text for r in spot_phase.results], sampler.bytes, "gpu" if gpu else "rss", details)
 
@@ -354,6 +401,7 @@ def run_vllm_offline(
                     "vision": vision,
                     "gpu": gpu,
                     "gpu_memory_utilization": _gpu_memory_utilization(config),
+                    "tensor_parallel_size": tensor_parallel_size(config),
                     "load": [_request_dict(r) for r in load],
                     "spot": [_request_dict(r) for r in spot],
                     "result": str(result),

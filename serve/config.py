@@ -73,6 +73,8 @@ class SmokeConfig:
     port: int | None = None  # None: a free port
     dtype: str = "auto"  # vllm --dtype; auto: float32 on CPU (no bf16 kernels assumed), the model's on GPU
     max_model_len: int = 2048
+    # vllm --tensor-parallel-size; None: the profile's gpu_count (1 without a profile)
+    tensor_parallel_size: int | None = None
     kv_cache_gb: float = 1.0  # VLLM_CPU_KVCACHE_SPACE on CPU hosts
     startup_timeout_s: float = 900.0
     request_timeout_s: float = 600.0
@@ -91,6 +93,8 @@ class SmokeConfig:
         for name in ("requests", "concurrency", "max_tokens", "spot_check_max_tokens"):
             if getattr(self, name) < 1:
                 raise MucraspError(f"{name.replace('_', '-')} must be at least 1")
+        if self.tensor_parallel_size is not None and self.tensor_parallel_size < 1:
+            raise MucraspError("tensor-parallel-size must be at least 1")
         if self.port is not None and not 0 < self.port < 65536:
             raise MucraspError(f"port {self.port} is not a valid TCP port")
 

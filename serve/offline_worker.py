@@ -36,6 +36,8 @@ def main(path: str) -> None:
     kwargs = {"dtype": job["dtype"], "max_model_len": job["max_model_len"], "seed": 0}
     if job["vision"]:
         kwargs["limit_mm_per_prompt"] = {"image": 1}
+    if job.get("tensor_parallel_size", 1) > 1:
+        kwargs["tensor_parallel_size"] = job["tensor_parallel_size"]
     if job["gpu"]:
         if job["gpu_memory_utilization"]:
             kwargs["gpu_memory_utilization"] = job["gpu_memory_utilization"]

@@ -16,7 +16,7 @@ from typing import Any
 import mucrasp
 from mucrasp.atomic_io import check_writable, write_json_atomic
 from mucrasp.errors import MucraspError
-from mucrasp.serve.backends import BackendRun, model_config, run_backend
+from mucrasp.serve.backends import BackendRun, model_config, run_backend, tensor_parallel_size
 from mucrasp.serve.config import Planned, SmokeConfig, Thresholds
 from mucrasp.serve.requests import ChatRequest
 from mucrasp.serve.spot_check import SpotCheckSet, load_spot_check, score_answers
@@ -219,6 +219,7 @@ def run_smoke(config: SmokeConfig) -> SmokeReport:
             "concurrency": config.concurrency if config.backend == "vllm" else 1,
             # as vLLM got it (--max-model-len, capped at the model's positions); the others take none
             "max_model_len": _served_len(config, export_dir) if config.backend == "vllm" else None,
+            "tensor_parallel_size": tensor_parallel_size(config) if config.backend == "vllm" else None,
             "max_tokens": config.max_tokens,
             "prompt": config.prompt,
             "image": bool(load_image),

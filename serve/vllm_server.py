@@ -75,6 +75,21 @@ def failure_reason(log: Path) -> str:
     return tail[-1][-300:] if tail else "no output"
 
 
+_MODEL_LOADING = re.compile(r"Model loading took ([0-9.]+) GiB memory")
+_KV_CACHE = re.compile(r"KV cache size: ([0-9,]+) tokens")
+
+
+def reported_allocation(log: Path) -> dict[str, float | int | None]:
+    """What vLLM's own log lines say it allocated: the weights (GiB, "Model loading took ...") and the KV
+    cache (tokens, "KV cache size: ..."); None where a line is missing."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    weights, tokens = _MODEL_LOADING.findall(text), _KV_CACHE.findall(text)
+    return {
+        "weights_gib": float(weights[-1]) if weights else None,
+        "kv_cache_tokens": int(tokens[-1].replace(",", "")) if tokens else None,
+    }
+
+
 class VllmServer:
     """`with VllmServer(model_dir, log_path, ...) as server: server.base_url ...`"""
 
@@ -92,6 +107,7 @@ class VllmServer:
         kv_cache_gb: float = 1.0,
         max_num_seqs: int = 16,
         startup_timeout_s: float = 900.0,
+        tensor_parallel_size: int = 1,
     ):
         self.model_dir = Path(model_dir)
         self.log_path = Path(log_path)
@@ -123,6 +139,8 @@ class VllmServer:
         ]
         if vision:
             args += ["--limit-mm-per-prompt", json.dumps({"image": 1})]
+        if tensor_parallel_size > 1:
+            args += ["--tensor-parallel-size", str(tensor_parallel_size)]
         if gpu:
             if gpu_memory_utilization is not None:
                 args += ["--gpu-memory-utilization", str(gpu_memory_utilization)]

@@ -50,8 +50,10 @@ def _tight_profile(tmp_path):
     """A profile whose memory sits between the tiny model's needs at ratio 0 and at ratio 0.3."""
     config = tiny_config("Qwen2_5_VLForConditionalGeneration")
     roomy = load_profile("h100-80g").model_copy(update={"runtime_reserve_gb": 0.0, "gpu_memory_utilization": 1.0})
-    rows = {r.ratio: r for r in plan_for_config(config, adapter_for_config(config), roomy, SMALL).rows}
+    rows = {r.ratio: r for r in plan_for_config(config, adapter_for_config(config), roomy, SMALL, weights="bf16").rows}
+    # Dense weights only (no weight_formats): the planner's pruning lever is what this chain test covers.
     data = {**roomy.model_dump(), "name": "tight", "memory_gb": (rows[0].total_gb + rows[0.3].total_gb) / 2}
+    data["weight_formats"] = []
     path = tmp_path / "tight.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -60,12 +62,17 @@ def _tight_profile(tmp_path):
 def test_chain_prunes_when_the_profile_is_tight(tmp_path, tiny_model_dirs):
     out = tmp_path / "deploy"
     model = tiny_model_dirs["Qwen2_5_VLForConditionalGeneration"]
-    report = run_chain(DeployConfig(profile=_tight_profile(tmp_path), model=model, out=out, workload=SMALL))
+    # The tiny model has no tokenizer, so it cannot self-calibrate: a data-free method, asked for by name.
+    with pytest.raises(MucraspError, match="self-calibration cannot run"):
+        run_chain(DeployConfig(profile=_tight_profile(tmp_path), model=model, out=out, workload=SMALL))
+    assert not out.exists()
+    report = run_chain(
+        DeployConfig(profile=_tight_profile(tmp_path), model=model, out=out, workload=SMALL, method="magnitude")
+    )
     assert 0 < report.plan.ratio <= 0.3
     manifest = _read(out / "pruning.json")
-    # The tiny model has no calibration file, so the chain says it fell back to magnitude.
     assert manifest["ratio"] == report.plan.ratio and manifest["method"] == "magnitude"
-    assert {s["step"]: s["status"] for s in report.steps}["score"] == "fallback"
+    assert {s["step"]: s["status"] for s in report.steps}["score"] == "done"
     assert (out / "model" / "pruning.json").is_file()
     assert _read(out / "report.json")["ratio"] == report.plan.ratio
     # Exported for vLLM; the tiny model has no tokenizer, so the smoke step says so instead of serving.

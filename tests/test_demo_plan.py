@@ -1,4 +1,5 @@
-"""`make demo` shows the planner choosing: its workload makes the planner prune the demo model, no --ratio."""
+"""`make demo` shows the planner choosing: its workload makes the planner prune the demo model, no --ratio,
+in a quantized format this machine's vLLM serves (the demo exports to vLLM and smoke-tests on the CPU)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,21 @@ def test_make_demo_lets_the_planner_choose_a_ratio():
         concurrency=int(_option(args, "--concurrency")),
         target_tokens_per_s=float(_option(args, "--target-tokens-per-s")),
     )
-    plan = plan_model(bundled_demo_model(), _option(args, "--profile"), workload)
+    weights = _option(args, "--weights")
+    plan = plan_model(bundled_demo_model(), _option(args, "--profile"), workload, weights=weights, runtime="vllm")
     assert plan.ratio is not None and 0.2 <= plan.ratio <= 0.4, plan.message
-    dense = plan.rows[0]
-    # The dense model fits the memory: the target is what it misses, and the chosen ratio meets it.
-    assert dense.fits and not dense.meets
+    assert plan.weights == weights and plan.quantized, plan.message  # both levers
+    unpruned = plan.rows[0]
+    # The unpruned model fits the memory: the target is what it misses, and the chosen ratio meets it.
+    assert unpruned.ratio == 0 and unpruned.fits and not unpruned.meets
     assert plan.chosen.meets and plan.chosen.decode_tokens_per_s >= workload.target_tokens_per_s
+    # Quantizing alone is not enough here, so the pruning is not made moot by the format.
+    free = plan_model(bundled_demo_model(), _option(args, "--profile"), workload, runtime="vllm")
+    assert free.ratio and free.ratio > 0, free.message
+    # This CPU's vLLM serves the format (it could not serve w4a16).
+    from mucrasp.planning.weight_formats import FORMATS
+
+    assert FORMATS[weights].cpu and FORMATS[weights].runtime == "vllm"
     # The context asked for fits the demo model: nothing is capped in the demo's smoke test.
     from mucrasp.serve.smoke import model_positions
 

@@ -123,13 +123,14 @@ def test_config_counts_equal_the_built_model(architecture):
     assert (pruned.total_params(0), pruned.prunable_params) == (outcome.after.total, outcome.after.prunable)
 
 
-def _ratio(qwen7b, profile, **workload):
+def _ratio(qwen7b, profile, weights=None, **workload):
     config, adapter = qwen7b
-    return plan_for_config(config, adapter, load_profile(profile), Workload(**workload))
+    return plan_for_config(config, adapter, load_profile(profile), Workload(**workload), weights=weights)
 
 
 def test_larger_context_needs_larger_ratio(qwen7b):
-    ratios = [_ratio(qwen7b, "a10g", max_model_len=n, concurrency=8).ratio for n in (2048, 8192, 16384)]
+    # The pruning lever alone (bf16 fixed); tests/test_planner_formats.py weighs the formats too.
+    ratios = [_ratio(qwen7b, "a10g", "bf16", max_model_len=n, concurrency=8).ratio for n in (2048, 8192, 16384)]
     assert None not in ratios
     assert ratios == sorted(ratios) and ratios[-1] > ratios[0]
 
@@ -149,9 +150,9 @@ def test_nothing_fits_reports_the_shortfall(qwen7b):
 
 
 def test_throughput_target_drives_the_ratio(qwen7b):
-    base = _ratio(qwen7b, "h100-80g", max_model_len=4096, concurrency=1)
+    base = _ratio(qwen7b, "h100-80g", "bf16", max_model_len=4096, concurrency=1)
     target = base.rows[0].decode_tokens_per_s * 1.2
-    plan = _ratio(qwen7b, "h100-80g", max_model_len=4096, concurrency=1, target_tokens_per_s=target)
+    plan = _ratio(qwen7b, "h100-80g", "bf16", max_model_len=4096, concurrency=1, target_tokens_per_s=target)
     assert plan.ratio and plan.ratio > 0 and plan.chosen.decode_tokens_per_s >= target
     hopeless = _ratio(qwen7b, "h100-80g", max_model_len=4096, concurrency=1, target_tokens_per_s=1e6)
     assert hopeless.ratio is None and hopeless.shortfall["tokens_per_s"] > 0 and "memory_gb" not in hopeless.shortfall
@@ -175,8 +176,13 @@ def test_plan_command_json_table_and_plot(qwen7b_dir, tmp_path):
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["ratio"] == plan_model(qwen7b_dir, "a10g", Workload(max_model_len=8192, concurrency=8)).ratio
-    assert len(data["rows"]) == 11 and {
+    expected = plan_model(qwen7b_dir, "a10g", Workload(max_model_len=8192, concurrency=8))
+    # Both levers: quantized to w8a8 (issue 19), no pruning; one row per (format, ratio).
+    assert (data["ratio"], data["weights"]) == (expected.ratio, expected.weights) == (0.0, "w8a8")
+    assert data["formats"] == ["bf16", "w8a8", "fp8", "w4a16"]
+    assert len(data["rows"]) == 11 * len(data["formats"]) and {
+        "weights",
+        "ttft_s",
         "weights_gb",
         "kv_gb",
         "total_gb",
@@ -195,6 +201,7 @@ def test_plan_command_json_table_and_plot(qwen7b_dir, tmp_path):
 
     result = runner.invoke(app, ["plan", str(qwen7b_dir), "--all-profiles", "--max-model-len", "8192"])
     assert result.exit_code == 0 and all(name in result.output for name in ("a10g", "t4", "jetson-orin-nano-8g"))
+    assert "w4a16" in result.output  # the T4 (16 GB) needs 4-bit weights for the 7B at 8k
 
     result = runner.invoke(app, ["plan", str(tmp_path / "missing"), "--profile", "a10g"])
     assert isinstance(result.exception, MucraspError)

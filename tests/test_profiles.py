@@ -48,6 +48,13 @@ def test_bundled_profiles_load():
         assert profile.name == name and profile.budget_bytes > profile.runtime_reserve_gb * 1e9
     assert "bf16" not in load_profile("t4").dtypes and load_profile("t4").default_dtype() == "fp16"
     assert load_profile("a10g").memory_bandwidth_gbps == 600
+    # Every GPU profile lists W8A8 and W4A16; FP8 where the compute capability allows; Jetsons int8 and int4.
+    for name in BUNDLED:
+        formats = load_profile(name).weight_formats
+        assert {"w8a8", "w4a16"} <= set(formats), name
+        assert ("fp8" in formats) == (not name.startswith("jetson")), name
+    assert {"int8", "int4"} <= set(load_profile("jetson-orin-nano-8g").weight_formats)
+    assert load_profile("l4").compute_capability == 8.9 and load_profile("t4").compute_capability == 7.5
 
 
 def _write(tmp_path, data) -> str:
@@ -72,6 +79,12 @@ BAD = [
     ({**GOOD, "dtypes": []}, "field 'dtypes'"),
     ({**GOOD, "dtypes": ["int3"]}, "field 'dtypes'"),
     ({**GOOD, "memroy_gb": 1}, "unknown field 'memroy_gb'"),
+    # Weight formats the hardware cannot run (issue 19): one error naming the field and the limit.
+    ({**GOOD, "weight_formats": ["fp8"]}, "field 'weight_formats': fp8 does not run on an x86 CPU"),
+    ({**GOOD, "compute_capability": 7.0, "weight_formats": ["w8a8"]}, "field 'weight_formats'"),
+    ({**GOOD, "compute_capability": 8.6, "weight_formats": ["int3"]}, "field 'weight_formats'"),
+    ({**GOOD, "compute_capability": 8.6, "weight_formats": ["bf16"]}, "field 'weight_formats'"),
+    ({**GOOD, "compute_capability": 0}, "field 'compute_capability'"),
     ("- just\n- a list\n", "expected a mapping"),
     ("name: [unclosed\n", "not valid YAML"),
 ]
@@ -109,7 +122,7 @@ def test_profile_list_and_show():
     result = CliRunner().invoke(app, ["profile", "list"])
     assert result.exit_code == 0 and "jetson-orin-nano-8g" in result.output
     result = CliRunner().invoke(app, ["profile", "show", "a10g"])
-    assert result.exit_code == 0 and "memory_bandwidth_gbps" in result.output
+    assert result.exit_code == 0 and "memory_bandwidth_gbps" in result.output and "w8a8" in result.output
 
 
 def test_measure_writes_a_valid_profile(tmp_path):

@@ -101,9 +101,12 @@ def test_vllm_server_smoke(exports, tmp_path):
 
 
 def test_onnx_smoke(exports, tmp_path):
-    report = run_smoke(_config(exports["onnx"], "onnx", tmp_path))
+    report = run_smoke(_config(exports["onnx"], "onnx", tmp_path, dense=exports["pruned"]))
     _assert_measured(report)
     assert report.data["backend_details"]["providers"] == ["CPUExecutionProvider"]
+    assert report.data["backend_details"]["weights"] == "fp32"
+    # CoT KL of the graphs against the checkpoint they were traced from (teacher-forced): fp32 rounding only
+    assert 0 <= report.data["cot_kl"] < 1e-6
 
 
 def test_transformers_smoke_with_kl_and_cli_table(exports, tmp_path):
@@ -218,3 +221,31 @@ def test_spot_check_round_trip_and_its_absence(exports, tmp_path):
     assert spot.kind == "agreement" and len(spot.records) == len(PROMPTS)
     assert all(r.image is not None and r.image.is_file() and r.image.parent.name == "spot_check" for r in spot.records)
     assert load_spot_check(tmp_path) is None
+
+
+# ---- tensor parallelism: the profile's GPU count -----------------------------------------------------
+def test_tensor_parallel_size_is_the_profiles_gpu_count(tmp_path):
+    from mucrasp.planning import load_profile
+    from mucrasp.serve.backends import tensor_parallel_size
+    from mucrasp.serve.vllm_server import VllmServer
+
+    two = load_profile("a10g").model_copy(update={"gpu_count": 2})
+    assert tensor_parallel_size(SmokeConfig(tmp_path, profile=two)) == 2
+    assert tensor_parallel_size(SmokeConfig(tmp_path, profile="a10g")) == 1
+    assert tensor_parallel_size(SmokeConfig(tmp_path)) == 1
+    assert tensor_parallel_size(SmokeConfig(tmp_path, profile=two, tensor_parallel_size=4)) == 4  # as given
+    args = VllmServer(tmp_path, tmp_path / "log", tensor_parallel_size=2).args
+    assert args[args.index("--tensor-parallel-size") + 1] == "2"
+    assert "--tensor-parallel-size" not in VllmServer(tmp_path, tmp_path / "log").args
+    with pytest.raises(MucraspError, match="tensor-parallel-size must be at least 1"):
+        SmokeConfig(tmp_path, tensor_parallel_size=0).validate()
+
+
+def test_model_card_serve_command_names_the_tensor_parallel_size(tmp_path):
+    from mucrasp.export.vllm_checkpoint import export_vllm
+
+    h.make_pruned_checkpoint("LlamaForCausalLM", tmp_path / "pruned", h.uniform_plan())
+    card = (export_vllm(tmp_path / "pruned", tmp_path / "tp2", tensor_parallel_size=2).out / "README.md").read_text()
+    assert "vllm serve ./tp2 --tensor-parallel-size 2" in card and "tensor_parallel_size=2" in card
+    card = (export_vllm(tmp_path / "pruned", tmp_path / "tp1").out / "README.md").read_text()
+    assert "vllm serve ./tp1\n" in card and "--tensor-parallel-size" not in card

@@ -20,6 +20,7 @@ from mucrasp.cli import (  # noqa: E402,F401
     plan_command,
     profile_command,
     prune_command,
+    recover_command,
     score_command,
     smoke_command,
 )

@@ -35,10 +35,25 @@ def root(
     target_tokens_per_s: float = typer.Option(
         _default(Workload, "target_tokens_per_s"), help="Aggregate decode tokens/s to meet; 0: none."
     ),
-    dtype: str = typer.Option(None, help="fp32, fp16 or bf16; default: the profile's best 16-bit dtype."),
+    dtype: str = typer.Option(
+        None,
+        help="fp32, fp16 or bf16: the dtype the model is scored, pruned and written in, and the planner sizes "
+        "serving for; default: the checkpoint's own (the plan: the profile's best 16-bit dtype).",
+    ),
+    device: str = typer.Option(
+        _default(DeployConfig, "device"), help="auto (CUDA when there is one), cpu, cuda or cuda:N."
+    ),
     method: str = typer.Option(_default(DeployConfig, "method"), help="Scoring method for the prune step."),
-    calib: Path = typer.Option(None, help="Calibration JSONL; default for the demo model: its calibration split."),
+    calib: Path = typer.Option(
+        None,
+        help="Calibration JSONL; default: the demo model's calibration split, or for --model the dense model's "
+        "own answers to bundled prompts (self-calibration).",
+    ),
     ratio: float = typer.Option(None, help="Prune at this ratio instead of the planner's choice."),
+    weights: str = typer.Option(
+        None, help="Export weights (vllm: bf16|w8a8|w4a16|fp8, onnx: fp32|fp16|int8|int4); default: the plan's choice."
+    ),
+    image_size: int = typer.Option(None, help="One square image per prompt, pixels a side: the plan predicts TTFT."),
     max_seq_len: int = typer.Option(
         None, help="Cut calibration sequences to this many tokens; default: the model's context."
     ),
@@ -52,6 +67,14 @@ def root(
     eval_ground_truth: bool = typer.Option(False, help="--eval-data's responses end in true answers: report accuracy."),
     eval_max_new_tokens: int = typer.Option(
         _default(DeployConfig, "eval_max_new_tokens"), help="Eval: longest generated chain of thought."
+    ),
+    reconstruct: bool = typer.Option(
+        _default(DeployConfig, "reconstruct"),
+        help="Refit o_proj/down_proj on the calibration set after pruning (see `prune --reconstruct`).",
+    ),
+    recover_steps: int = typer.Option(
+        _default(DeployConfig, "recover_steps"),
+        help="After pruning, distil the dense model into the pruned one for N steps (see `recover`); 0: none.",
     ),
 ) -> None:
     """Prune, export and smoke-test models for deployment.
@@ -68,7 +91,11 @@ def root(
     from mucrasp.deploy import run_chain
 
     workload = Workload.create(
-        max_model_len=max_model_len, concurrency=concurrency, target_tokens_per_s=target_tokens_per_s, dtype=dtype
+        max_model_len=max_model_len,
+        concurrency=concurrency,
+        target_tokens_per_s=target_tokens_per_s,
+        dtype=dtype,
+        image_size=image_size,
     )
     config = DeployConfig(
         profile=profile,
@@ -80,12 +107,16 @@ def root(
         method=method,
         calibration=calib,
         ratio=ratio,
+        weights=weights,
         max_seq_len=max_seq_len,
         enforce_target=enforce_target,
         eval_data=eval_data,
         eval_limit=eval_limit,
         eval_ground_truth=eval_ground_truth,
         eval_max_new_tokens=eval_max_new_tokens,
+        recover_steps=recover_steps,
+        reconstruct=reconstruct,
+        device=device,
     )
     with rich_progress() as progress:
         report = run_chain(config, progress=progress)

@@ -26,6 +26,13 @@ def eval_command(
     ),
     out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
     overwrite: bool = typer.Option(_default(EvalConfig, "overwrite"), help="Replace the --json file if it exists."),
+    device: str = typer.Option(
+        _default(EvalConfig, "device"), help="auto (CUDA when there is one), cpu, cuda or cuda:N."
+    ),
+    dtype: str = typer.Option(
+        _default(EvalConfig, "dtype"),
+        help="auto (the checkpoint's, fp32 on a CPU without units for it), bfloat16, float16 or float32.",
+    ),
 ) -> None:
     """Accuracy, CoT KL (all tokens and pivot windows), perplexity and agreement with the dense model."""
     from rich.table import Table
@@ -41,6 +48,8 @@ def eval_command(
         max_new_tokens=max_new_tokens,
         out=out,
         overwrite=overwrite,
+        device=device,
+        dtype=dtype,
     )
     check_report_path(config.out, config.overwrite)
     with rich_progress() as progress:

@@ -1,4 +1,4 @@
-"""`mucrasp-deploy plan`: pick a pruning ratio for a model, a hardware profile and a workload."""
+"""`mucrasp-deploy plan`: pick a weight format and a pruning ratio for a model, a hardware profile and a workload."""
 
 from __future__ import annotations
 
@@ -32,22 +32,38 @@ def plan_command(
         _default(Workload, "target_tokens_per_s"), help="Aggregate decode tokens/s to meet; 0: none."
     ),
     dtype: str = typer.Option(None, help="fp32, fp16 or bf16; default: the profile's best 16-bit dtype."),
+    weights: str = typer.Option(
+        None, help="Fix the weight format (the dtype, or one the profile lists); default: the planner weighs them all."
+    ),
+    runtime: str = typer.Option(None, help="Weigh only the formats vllm or onnx serves; default: every one."),
+    image_size: int = typer.Option(None, help="One square image per prompt, pixels a side: its tokens and TTFT."),
+    image_tokens: int = typer.Option(None, help="One image per prompt of this many tokens (instead of --image-size)."),
+    prompt_tokens: int = typer.Option(None, help="Text tokens of one prompt, for TTFT; default: half the context."),
     step: float = typer.Option(0.05, help="Ratio grid step."),
     max_ratio: float = typer.Option(0.5, help="Largest ratio considered."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
     plot: Path = typer.Option(None, "--plot", help="Draw memory and throughput against ratio into this PNG."),
     overwrite: bool = typer.Option(False, help="Replace the --plot file if it exists."),
 ) -> None:
-    """Choose the smallest pruning ratio that fits PROFILE's memory and meets the decode target."""
+    """Choose the weight format and pruning ratio that fit PROFILE's memory and meet the decode target.
+
+    Quantize first, prune only for what is left: the smallest ratio that works, in the format of least
+    expected quality cost at that ratio."""
     from mucrasp.planning import Plan, plan_all_profiles, plan_model
 
     if plot is not None and plot.exists() and not overwrite:
         raise MucraspError(f"{plot} already exists (pass --overwrite to replace it)")
     workload = Workload.create(
-        max_model_len=max_model_len, concurrency=concurrency, target_tokens_per_s=target_tokens_per_s, dtype=dtype
+        max_model_len=max_model_len,
+        concurrency=concurrency,
+        target_tokens_per_s=target_tokens_per_s,
+        dtype=dtype,
+        image_size=image_size,
+        image_tokens=image_tokens,
+        prompt_tokens=prompt_tokens,
     )
     if all_profiles:
-        plans = plan_all_profiles(model, workload, step, max_ratio)
+        plans = plan_all_profiles(model, workload, step, max_ratio, weights, runtime)
         if as_json:
             typer.echo(json.dumps([p.to_dict() if isinstance(p, Plan) else {"error": str(p)} for p in plans], indent=2))
         else:
@@ -55,7 +71,7 @@ def plan_command(
         return
     if profile is None:
         raise MucraspError("plan needs --profile NAME|PATH (or --all-profiles)")
-    plan = plan_model(model, profile, workload, step, max_ratio)
+    plan = plan_model(model, profile, workload, step, max_ratio, weights, runtime)
     if plot is not None:
         from mucrasp.planning.plot import plot_plan
 
@@ -70,17 +86,26 @@ def plan_command(
         raise typer.Exit(1)
 
 
+def shown_rows(plan: Plan) -> list:
+    """Both levers without every pair: each format unpruned, and every ratio of the chosen format
+    (or, when nothing works, of the last format weighed, the smallest)."""
+    lead = plan.weights or plan.formats[-1]
+    return [r for r in plan.rows if r.ratio == 0 or r.weights == lead]
+
+
 def render_plan(plan: Plan) -> None:
     from rich.table import Table
 
     w = plan.workload
+    image = f", {plan.image_tokens} image tokens a prompt" if plan.image_tokens else ""
     table = Table(
         title=(
             f"{plan.model} on {plan.profile} ({plan.dtype}, context {w['max_model_len']}, "
-            f"concurrency {w['concurrency']})"
+            f"concurrency {w['concurrency']}{image})"
         )
     )
     for column in (
+        "weights",
         "ratio",
         "weights GB",
         "KV GB",
@@ -88,13 +113,15 @@ def render_plan(plan: Plan) -> None:
         "budget GB",
         "decode tok/s",
         "prefill tok/s",
+        "TTFT s",
         "fits",
         "meets",
     ):
-        table.add_column(column, justify="right")
-    for row in plan.rows:
-        style = "bold green" if row.ratio == plan.ratio else None
+        table.add_column(column, justify="left" if column == "weights" else "right")
+    for row in shown_rows(plan):
+        style = "bold green" if row is plan.chosen else None
         table.add_row(
+            row.weights,
             f"{row.ratio:.2f}",
             f"{row.weights_gb:.2f}",
             f"{row.kv_gb:.2f}",
@@ -102,11 +129,15 @@ def render_plan(plan: Plan) -> None:
             f"{row.budget_gb:.2f}",
             f"{row.decode_tokens_per_s:,.1f}",
             f"{row.prefill_tokens_per_s:,.0f}",
+            f"{row.ttft_s:.3g}",
             "yes" if row.fits else "[red]no[/]",
             "yes" if row.meets else "[red]no[/]",
             style=style,
         )
-    table.caption = f"target {w['target_tokens_per_s']:g} tok/s; " + "; ".join(plan.assumptions[:2])
+    table.caption = (
+        f"target {w['target_tokens_per_s']:g} tok/s; formats weighed: {', '.join(plan.formats)} "
+        f"(--json lists every pair); " + "; ".join(plan.assumptions[:2])
+    )
     console.print(table)
     console.print(("[green]" if plan.ratio is not None else "[red]") + plan.message, highlight=False)
 
@@ -116,27 +147,29 @@ def render_profiles(plans: list[Plan | MucraspError]) -> None:
 
     from mucrasp.planning import Plan
 
-    table = Table(title="Smallest working ratio per profile")
-    for column in ("profile", "ratio", "total GB", "budget GB", "decode tok/s", "status"):
+    table = Table(title="Weight format and smallest working ratio per profile")
+    for column in ("profile", "weights", "ratio", "total GB", "budget GB", "decode tok/s", "TTFT s", "status"):
         table.add_column(
             column, justify="left" if column in ("profile", "status") else "right", no_wrap=column == "profile"
         )
     for plan in plans:
         if not isinstance(plan, Plan):
-            table.add_row("", "", "", "", "", f"[red]{plan}[/]")
+            table.add_row("", "", "", "", "", "", "", f"[red]{plan}[/]")
             continue
         row = plan.chosen or plan.rows[-1]
-        status = (
-            "fits"
-            if plan.ratio == 0
-            else (f"prune {plan.ratio:g}" if plan.ratio else "[red]" + plan.message.split(": ", 1)[-1] + "[/]")
-        )
+        if plan.ratio is None:
+            status = "[red]" + plan.message.split(": ", 1)[-1] + "[/]"
+        else:
+            levers = ([plan.weights] if plan.quantized else []) + ([f"prune {plan.ratio:g}"] if plan.ratio else [])
+            status = " + ".join(levers) or "fits"
         table.add_row(
             plan.profile,
+            "-" if plan.weights is None else plan.weights,
             "-" if plan.ratio is None else f"{plan.ratio:.2f}",
             f"{row.total_gb:.2f}",
             f"{row.budget_gb:.2f}",
             f"{row.decode_tokens_per_s:,.1f}",
+            f"{row.ttft_s:.3g}",
             status,
         )
     console.print(table)

@@ -20,7 +20,7 @@ def list_command() -> None:
     from rich.table import Table
 
     table = Table(title="Profiles")
-    for column in ("name", "memory GB", "GB/s", "TFLOPS", "GPUs", "dtypes", "description"):
+    for column in ("name", "memory GB", "GB/s", "TFLOPS", "GPUs", "dtypes", "weight formats", "description"):
         table.add_column(column, no_wrap=column == "name")
     for name in list_profiles():
         p = load_profile(name)
@@ -31,6 +31,7 @@ def list_command() -> None:
             f"{p.dense_tflops:g}",
             str(p.gpu_count),
             ",".join(p.dtypes),
+            ",".join(p.weight_formats) or "-",
             p.description,
         )
     console.print(table)

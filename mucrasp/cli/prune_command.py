@@ -10,6 +10,7 @@ import typer
 from mucrasp.allocation import AllocationSettings
 from mucrasp.cli.app import app, console
 from mucrasp.cli.progress import rich_progress
+from mucrasp.pruning import PruneConfig
 from mucrasp.validation import field_default as _default
 
 if TYPE_CHECKING:
@@ -47,9 +48,20 @@ def prune_command(
         None, help="Cut calibration sequences to this many tokens; default: the model's context."
     ),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+    device: str = typer.Option(
+        _default(PruneConfig, "device"), help="auto (CUDA when there is one), cpu, cuda or cuda:N."
+    ),
+    dtype: str = typer.Option(
+        _default(PruneConfig, "dtype"),
+        help="auto (the checkpoint's, fp32 on a CPU without units for it), bfloat16, float16 or float32.",
+    ),
+    reconstruct: bool = typer.Option(
+        _default(PruneConfig, "reconstruct"),
+        help="Refit o_proj/down_proj layer by layer on --calib so each layer's output matches the dense one.",
+    ),
 ) -> None:
     """Prune MODEL into a smaller dense checkpoint."""
-    from mucrasp.pruning import PruneConfig, prune
+    from mucrasp.pruning import prune
 
     config = PruneConfig(
         model=model,
@@ -66,6 +78,9 @@ def prune_command(
         overwrite=overwrite,
         max_seq_len=max_seq_len,
         method_options=method_options(method, scores, option or []),
+        device=device,
+        dtype=dtype,
+        reconstruct=reconstruct,
     )
     with rich_progress() as progress:
         report = prune(config, progress=progress)

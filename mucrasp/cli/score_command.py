@@ -31,6 +31,20 @@ def score_command(
     ),
     option: list[str] = typer.Option(None, "--set", help="Method option KEY=VALUE (repeatable), e.g. window=16."),
     overwrite: bool = typer.Option(_default(ScoreConfig, "overwrite"), help="Replace OUT if it exists."),
+    device: str = typer.Option(
+        _default(ScoreConfig, "device"), help="auto (CUDA when there is one), cpu, cuda or cuda:N."
+    ),
+    dtype: str = typer.Option(
+        _default(ScoreConfig, "dtype"),
+        help="auto (the checkpoint's, fp32 on a CPU without units for it), bfloat16, float16 or float32.",
+    ),
+    device_map: str = typer.Option(
+        _default(ScoreConfig, "device_map"),
+        help="accelerate device map (auto, balanced, sequential): spread or offload.",
+    ),
+    offload_folder: Path = typer.Option(
+        _default(ScoreConfig, "offload_folder"), help="Folder for the part of --device-map offloaded to disk."
+    ),
 ) -> None:
     """Score MODEL's units on calibration data; `prune --scores OUT --ratio R` reuses the result.
 
@@ -49,6 +63,10 @@ def score_command(
         max_samples=max_samples,
         max_seq_len=max_seq_len,
         overwrite=overwrite,
+        device=device,
+        dtype=dtype,
+        device_map=device_map,
+        offload_folder=offload_folder,
     )
     chosen = get_method(config.method)
     config = config.model_copy(

@@ -71,7 +71,7 @@ def smoke_command(
     ),
     data: Path = typer.Option(None, help="Spot-check JSONL (image, prompt, response) instead of the export's own."),
     tokenizer: Path = typer.Option(None, help="Tokenizer/processor folder when the export has none."),
-    dense: Path = typer.Option(None, help="Dense model: adds CoT-token KL (transformers backend)."),
+    dense: Path = typer.Option(None, help="Dense model: adds CoT-token KL (transformers and onnx backends)."),
     min_tokens_per_s: float = typer.Option(None, help="Fail below this aggregate output tokens/s."),
     max_memory_gb: float = typer.Option(
         None, help="Fail above this peak memory (GB); default with --profile: its memory × utilisation."
@@ -85,6 +85,10 @@ def smoke_command(
         _default(SmokeConfig, "dtype"), help="vllm --dtype; auto: float32 on CPU, the model's own on GPU."
     ),
     max_model_len: int = typer.Option(_default(SmokeConfig, "max_model_len"), help="vllm --max-model-len."),
+    tensor_parallel_size: int = typer.Option(
+        _default(SmokeConfig, "tensor_parallel_size"),
+        help="vllm --tensor-parallel-size; default: the --profile's gpu_count (1 without one).",
+    ),
     kv_cache_gb: float = typer.Option(
         _default(SmokeConfig, "kv_cache_gb"), help="vllm on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE)."
     ),
@@ -118,6 +122,7 @@ def smoke_command(
         port=port,
         dtype=dtype,
         max_model_len=max_model_len,
+        tensor_parallel_size=tensor_parallel_size,
         kv_cache_gb=kv_cache_gb,
         report=report,
         thresholds=thresholds,

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from mucrasp.calibration.pivots import PivotConfig
 from mucrasp.calibration.records import CalibrationRecord, load_records
+from mucrasp.devices import DeviceSpec, DtypeSpec
 from mucrasp.errors import MucraspError
 from mucrasp.evaluation.answers import final_answer
 from mucrasp.validation import JobConfig
@@ -39,6 +40,8 @@ class EvalConfig(JobConfig):
     out: Path | None = None  # write the report as JSON here
     overwrite: bool = False  # replace an existing `out`
     pivot: PivotConfig = Field(default_factory=PivotConfig)
+    device: DeviceSpec = "auto"  # both models run here (mucrasp.devices)
+    dtype: DtypeSpec = "auto"  # the dense model's; the pruned one runs in the same dtype, like against like
 
 
 @dataclass
@@ -115,15 +118,18 @@ def evaluate(config: EvalConfig, progress: ProgressCallback = _no_progress) -> d
     from mucrasp.atomic_io import write_json_atomic
     from mucrasp.calibration.batches import load_processor
     from mucrasp.checkpoint import read_json_file
+    from mucrasp.devices import resolve_device
     from mucrasp.model_loading import load_model
 
     check_report_path(config.out, config.overwrite)
+    resolve_device(config.device)  # `--device cuda` without CUDA: one line before any model loads
     manifest = Path(config.pruned) / "pruning.json"
     # Read before the models run: a bad file is one line naming it, not a traceback after the evaluation.
     pruning = read_json_file(manifest) if manifest.is_file() else None
     data_records = load_records(config.data, config.limit)
-    dense = load_model(config.dense)
-    pruned = load_model(config.pruned)
+    dense = load_model(config.dense, dtype=config.dtype, device=config.device)
+    first = next(dense.model.parameters())
+    pruned = load_model(config.pruned, dtype=first.dtype, device=first.device)
     vision = dense.adapter.is_vision_language
     processor = load_processor(config.dense, vision)
     reference = dense_reference(dense.model, processor, data_records, vision, config, progress)

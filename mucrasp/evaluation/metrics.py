@@ -48,8 +48,9 @@ class TokenDivergence:
 def token_divergence(dense, pruned, batch: CalibrationBatch) -> TokenDivergence:
     # Position t-1 predicts token t, so shift the masks left by one against the logits.
     targets = batch.response_mask[1:]
-    dense_logp = F.log_softmax(dense(**batch.inputs).logits[0, :-1].double(), dim=-1)[targets]
-    pruned_logp = F.log_softmax(pruned(**batch.inputs).logits[0, :-1].double(), dim=-1)[targets]
+    inputs = {name: value.to(dense.device) for name, value in batch.inputs.items()}
+    dense_logp = F.log_softmax(dense(**inputs).logits[0, :-1].double().cpu(), dim=-1)[targets]
+    pruned_logp = F.log_softmax(pruned(**inputs).logits[0, :-1].double().cpu(), dim=-1)[targets]
     token_ids = batch.input_ids[0, 1:][targets]
     return TokenDivergence(
         kl=(dense_logp.exp() * (dense_logp - pruned_logp)).sum(-1),

@@ -1,6 +1,14 @@
-"""Hardware profiles, the memory and throughput models, and the ratio planner: config in, plan out."""
+"""Hardware profiles, the weight-format catalogue, the memory and throughput models, and the (format, ratio)
+planner: config in, plan out."""
 
-from mucrasp.planning.planner import Plan, PlanRow, plan_all_profiles, plan_for_config, plan_model
+from mucrasp.planning.planner import (
+    Plan,
+    PlanRow,
+    plan_all_profiles,
+    plan_for_config,
+    plan_model,
+    predict_export_memory,
+)
 from mucrasp.planning.profiles import Profile, list_profiles, load_profile
 from mucrasp.planning.workload import Workload
 
@@ -14,4 +22,5 @@ __all__ = [
     "plan_all_profiles",
     "plan_for_config",
     "plan_model",
+    "predict_export_memory",
 ]

@@ -8,6 +8,7 @@ import time
 import torch
 
 from mucrasp.planning.profiles import Profile
+from mucrasp.planning.weight_formats import FORMATS, QUANTIZED
 
 
 def _device() -> torch.device:
@@ -52,6 +53,18 @@ def total_memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def compute_capability(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None  # an x86 CPU host
+    major, minor = torch.cuda.get_device_capability(device)
+    return float(f"{major}.{minor}")
+
+
+def weight_formats(capability: float | None) -> list[str]:
+    """Every quantized format of the catalogue this device runs (its runtime permitting)."""
+    return [name for name in QUANTIZED if FORMATS[name].runs_on(capability)]
+
+
 def measure_profile(name: str = "local") -> Profile:
     device = _device()
     cuda = device.type == "cuda"
@@ -72,4 +85,6 @@ def measure_profile(name: str = "local") -> Profile:
         runtime_reserve_gb=round(min(2.0, memory / 1e9 * 0.1), 3) if not cuda else 1.0,
         gpu_memory_utilization=0.9,
         shared_memory=not cuda,
+        compute_capability=compute_capability(device),
+        weight_formats=weight_formats(compute_capability(device)),
     )

@@ -1,4 +1,9 @@
-"""Serving memory at a pruning ratio: weights, KV cache, activations and the runtime's reserve."""
+"""Serving memory at a pruning ratio and weight format: weights, KV cache, activations and the runtime's reserve.
+
+A quantized format stores the decoder's projections (the weights the ratio counts) at its
+`bytes_per_weight`; embeddings, output head, norms and vision tower stay at the dtype (see
+mucrasp.planning.weight_formats). KV cache and activations stay at the dtype too.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mucrasp.planning.profiles import DTYPE_BYTES, Profile
+from mucrasp.planning.weight_formats import get_format
 from mucrasp.planning.workload import Workload
 
 if TYPE_CHECKING:
@@ -32,6 +38,14 @@ class MemoryEstimate:
         return self.weights_bytes + self.kv_bytes + self.activation_bytes + self.reserve_bytes
 
 
+def text_weight_bytes(shape: ModelShape, ratio: float, dtype: str, weights: str | None = None) -> float:
+    """The decoder, embeddings and output head: projections at the format's bytes, the rest at the dtype."""
+    fmt = get_format(weights or dtype)
+    projections = shape.projection_params(ratio)
+    stored = fmt.bytes_per_weight_at(shape.hidden_size) if fmt.quantized else DTYPE_BYTES[dtype]
+    return (shape.text_params(ratio) - projections) * DTYPE_BYTES[dtype] + projections * stored
+
+
 def kv_bytes_per_token(shape: ModelShape, ratio: float, dtype: str) -> float:
     """K and V of every layer for one token."""
     return 2 * shape.head_dim * shape.kv_heads_total(ratio) * DTYPE_BYTES[dtype]
@@ -52,12 +66,12 @@ def activation_bytes(shape: ModelShape, workload: Workload, dtype: str) -> float
 
 
 def estimate_memory(
-    shape: ModelShape, ratio: float, workload: Workload, profile: Profile, dtype: str
+    shape: ModelShape, ratio: float, workload: Workload, profile: Profile, dtype: str, weights: str | None = None
 ) -> MemoryEstimate:
-    size = DTYPE_BYTES[dtype]
+    """`weights`: a format name from the catalogue; None: dense at `dtype`."""
     return MemoryEstimate(
-        vision_bytes=shape.vision_params * size,
-        text_bytes=shape.text_params(ratio) * size,
+        vision_bytes=shape.vision_params * DTYPE_BYTES[dtype],
+        text_bytes=text_weight_bytes(shape, ratio, dtype, weights),
         kv_bytes=kv_cache_bytes(shape, ratio, workload, dtype),
         activation_bytes=activation_bytes(shape, workload, dtype),
         reserve_bytes=profile.runtime_reserve_gb * 1e9 * profile.gpu_count,

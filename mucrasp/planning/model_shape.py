@@ -32,6 +32,11 @@ class ModelShape:
     kv_heads: tuple[int, ...]  # per layer
     max_intermediate: int
     vocab_size: int
+    # The vision tower's geometry (0: a text-only model), for image tokens and its prefill FLOPs.
+    vision_width: int = 0
+    vision_depth: int = 0
+    patch_size: int = 0
+    merge_size: int = 1
 
     def text_params(self, ratio: float) -> int:
         return (
@@ -44,11 +49,32 @@ class ModelShape:
     def total_params(self, ratio: float) -> int:
         return self.vision_params + self.text_params(ratio)
 
+    def projection_params(self, ratio: float) -> int:
+        """The decoder's projection weights after pruning: what a quantized format stores at low bits."""
+        return round(self.prunable_params * (1 - ratio))
+
     def decode_read_params(self, ratio: float) -> int:
         """Weights read once per decode step: the decoder and the output head (embeddings are
         gathered row by row, the vision tower runs only at prefill)."""
         head = self.lm_head_params or self.embedding_params
         return head + self.decoder_fixed_params + round(self.prunable_params * (1 - ratio))
+
+    def image_patches(self, image_size: int) -> int:
+        """Patches of one square image of `image_size` pixels a side, resized to a multiple of
+        patch × merge as Qwen's `smart_resize` does (its min/max pixel clamps are not applied)."""
+        factor = self.patch_size * self.merge_size
+        side = max(factor, round(image_size / factor) * factor)
+        return (side // self.patch_size) ** 2
+
+    def image_tokens(self, image_size: int) -> int:
+        """Tokens one image adds to the prompt (and the KV cache): its patches after the merger."""
+        return self.image_patches(image_size) // self.merge_size**2
+
+    def vision_flops(self, patches: int) -> float:
+        """Upper bound on one image's vision-tower FLOPs: every weight once per patch (the merger runs
+        on patches / merge² but is counted per patch), and every block attending over all patches
+        (Qwen2.5-VL's windowed blocks attend over fewer)."""
+        return 2 * self.vision_params * patches + 4 * self.vision_depth * self.vision_width * patches**2
 
     def kv_heads_total(self, ratio: float) -> float:
         return sum(self.kv_heads) * (1 - ratio)  # proportional-KV assumption, see the module docstring
@@ -74,6 +100,8 @@ def model_shape(config: PretrainedConfig, adapter: ArchitectureAdapter) -> Model
     fixed = layers * (adapter.layer_norm_params(config) + mlp_bias * hidden + o_bias * hidden) + hidden
     embedding = text.vocab_size * hidden
     tied = bool(getattr(config, "tie_word_embeddings", False))
+    # Qwen2-VL names the tower's width embed_dim (its hidden_size is the output); 2.5-VL and 3-VL hidden_size.
+    vision = getattr(config, "vision_config", None) if adapter.vision_params(config) else None
     return ModelShape(
         architecture=adapter.architecture,
         vision_params=adapter.vision_params(config),
@@ -88,4 +116,8 @@ def model_shape(config: PretrainedConfig, adapter: ArchitectureAdapter) -> Model
         kv_heads=tuple(kv),
         max_intermediate=max(mlp),
         vocab_size=text.vocab_size,
+        vision_width=getattr(vision, "embed_dim", None) or getattr(vision, "hidden_size", 0) if vision else 0,
+        vision_depth=getattr(vision, "depth", 0) if vision else 0,
+        patch_size=getattr(vision, "patch_size", 0) if vision else 0,
+        merge_size=getattr(vision, "spatial_merge_size", 1) if vision else 1,
     )

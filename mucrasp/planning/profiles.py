@@ -34,17 +34,40 @@ class Profile(BaseModel):
     runtime_reserve_gb: float = Field(ge=0)
     gpu_memory_utilization: float = Field(gt=0, le=1)
     shared_memory: bool = False
+    # NVIDIA compute capability (8.6 for an A10G); None: an x86 CPU host. Decides which formats run.
+    compute_capability: float | None = Field(None, gt=0)
+    # Quantized weight formats this hardware serves (names in mucrasp.planning.weight_formats); the dense
+    # ones are `dtypes`. Empty: the planner considers the dense dtype only.
+    weight_formats: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Profile":
         unknown = [d for d in self.dtypes if d not in DTYPE_BYTES]
         if unknown:
             raise ValueError(f"dtypes: unknown dtype {unknown[0]!r} (known: {', '.join(DTYPE_BYTES)})")
+        self._check_weight_formats()
         if self.runtime_reserve_gb >= self.memory_gb * self.gpu_memory_utilization:
             raise ValueError(
                 "runtime_reserve_gb: leaves no memory for the model (must be below memory_gb × gpu_memory_utilization)"
             )
         return self
+
+    def _check_weight_formats(self) -> None:
+        from mucrasp.planning.weight_formats import FORMATS, QUANTIZED
+
+        where = "an x86 CPU" if self.compute_capability is None else f"compute capability {self.compute_capability:.1f}"
+        for name in self.weight_formats:
+            if name not in QUANTIZED:
+                kind = "a dense dtype (list it in dtypes)" if name in FORMATS else "unknown"
+                raise ValueError(f"weight_formats: {name!r} is {kind} (quantized formats: {', '.join(QUANTIZED)})")
+            fmt = FORMATS[name]
+            if not fmt.runs_on(self.compute_capability):
+                needs = (
+                    "a GPU"
+                    if not fmt.cpu and self.compute_capability is None
+                    else (f"compute capability >= {fmt.min_compute_capability:.1f}")
+                )
+                raise ValueError(f"weight_formats: {name} does not run on {where} (it needs {needs})")
 
     @property
     def total_memory_bytes(self) -> float:

@@ -1,4 +1,4 @@
-"""What the server must sustain: context, sequences in flight, decode target, dtype."""
+"""What the server must sustain: context, sequences in flight, decode target, dtype, and each prompt's image."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ class Workload(BaseModel):
     dtype: str | None = None  # None: the profile's best 16-bit dtype
     # Tokens in one forward pass (vLLM's max_num_batched_tokens), which sizes the activations.
     max_batched_tokens: int = Field(8192, ge=1)
+    # One image per request, for time to first token: a square side in pixels (read through the
+    # model's patch and merge sizes), or its token count directly. None: text-only prompts.
+    image_size: int | None = Field(None, ge=1)
+    image_tokens: int | None = Field(None, ge=1)
+    # Text tokens of one prompt, for time to first token; None: half the context, less the image.
+    prompt_tokens: int | None = Field(None, ge=1)
 
     @classmethod
     def create(cls, **fields) -> "Workload":

@@ -69,6 +69,8 @@ class ScoringMethod:
     default_layout: str = "global"
     #: Let the allocator equalise the unit types' value per parameter (see mucrasp.allocation).
     balance_unit_types: bool = True
+    #: Let the allocator apply --min-mlp-fraction in every layer (False: only the structural minimum).
+    per_layer_floor: bool = True
     citation: str = ""
     #: The typed options dataclass (`context.options` fills it), or None for a method without options.
     config_class: type | None = None

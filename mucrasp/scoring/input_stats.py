@@ -62,7 +62,9 @@ def collect_input_statistics(
             )
             bucket.append(sums)
             handles.append(linear.register_forward_pre_hook(lambda module, args, sums=sums: sums.add(args[0])))
-    device = next(model.parameters()).device
+    from mucrasp.scoring.taylor_hooks import input_device
+
+    device = input_device(model, adapter)
     try:
         for index, batch in enumerate(batches):
             model(**{k: v.to(device) for k, v in batch.inputs.items()}, use_cache=False)

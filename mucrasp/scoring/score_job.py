@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from mucrasp.devices import DeviceSpec, DtypeSpec
 from mucrasp.errors import MucraspError
 from mucrasp.validation import JobConfig
 
@@ -24,6 +25,10 @@ class ScoreConfig(JobConfig):
     max_seq_len: int | None = Field(None, ge=1)  # cut calibration sequences to this; None: the model's context
     overwrite: bool = False
     method_options: dict[str, Any] = Field(default_factory=dict)
+    device: DeviceSpec = "auto"  # mucrasp.devices: CUDA when there is one
+    dtype: DtypeSpec = "auto"  # the dtype the model runs in; auto: the checkpoint's, unless the device lacks it
+    device_map: str | None = None  # accelerate's "auto"/"balanced"/"sequential": spread over devices, offload
+    offload_folder: Path | None = None  # where a device_map's "disk" part goes
 
 
 @dataclass
@@ -44,6 +49,9 @@ def check_score_inputs(config: ScoreConfig) -> None:
 
     method = get_method(config.method)
     method_config(method.config_class, config.method_options, method.name)
+    from mucrasp.devices import resolve_device
+
+    resolve_device(config.device)  # `--device cuda` without CUDA: one line before any model loads
     if Path(config.out).exists() and not config.overwrite:
         raise MucraspError(f"{config.out} exists; pass --overwrite to replace it")
     check_writable(Path(config.out))
@@ -69,7 +77,13 @@ def score_model(config: ScoreConfig, progress: ProgressCallback = _no_progress, 
         check_score_inputs(config)  # again under the lock: another run may have written it meanwhile
         if loaded is None:
             read_model_config(config.model)
-            loaded = load_model(config.model)
+            loaded = load_model(
+                config.model,
+                dtype=config.dtype,
+                device=config.device,
+                device_map=config.device_map,
+                offload_folder=config.offload_folder,
+            )
         calibration = (
             CalibrationSource(Path(config.calibration), Path(config.model), config.max_samples, config.max_seq_len)
             if config.calibration

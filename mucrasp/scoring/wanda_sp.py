@@ -2,9 +2,14 @@
 
 Wanda: Sun et al., "A Simple and Effective Pruning Approach for Large Language Models", ICLR 2024.
 The structured variant (Wanda-SP) is from An et al., "Fluctuation-based Adaptive Structured
-Pruning for Large Language Models" (FLAP), AAAI 2024. ‖X_j‖₂ runs over every token of the
-calibration set. A head's score is the sum over its channels, a GQA group's the sum over its
-heads. The paper prunes with the same ratio in every layer, hence the uniform default layout.
+Pruning for Large Language Models" (FLAP), AAAI 2024; its reference is `prune_wanda_sp` in FLAP's
+`lib/prune.py`. ‖X_j‖₂ runs over every token of the calibration set. A head's score is the sum over
+its channels, a GQA group's the sum over its heads. The reference prunes the same ratio of heads and of
+MLP channels in every layer: the `ratio-per-layer` layout (mucrasp.allocation), with the ratio solved
+so the parameter budget matches the other methods'.
+Where ours differs from the reference: the reference prunes layer by layer and measures each layer's
+inputs on the already pruned earlier layers; here the statistics come from one pass of the dense model
+(score once, prune many), and `--reconstruct` is the way to make the pruned layers' inputs count.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from mucrasp.scoring.registry import register_method
 class WandaSpMethod(ScoringMethod):
     name = "wanda-sp"
     needs_calibration = True
-    default_layout = "uniform"
+    default_layout = "ratio-per-layer"
     citation = "Sun et al., Wanda, ICLR 2024; An et al., FLAP (Wanda-SP variant), AAAI 2024"
 
     def score(self, model, adapter, context: ScoringContext) -> ScoringResult:

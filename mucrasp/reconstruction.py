@@ -1,0 +1,255 @@
+"""One-shot reconstruction: refit each layer's o_proj and down_proj so the pruned layer's output matches the dense one.
+
+After units are removed, every decoder layer is sliced and then refitted in order, layer by layer
+(the sequential scheme of SparseGPT and SlimGPT): layer i is fitted on the hidden states that the
+already pruned and refitted layers 0..i-1 produce, and its target is the dense model's own output
+for layer i on the dense hidden states. So a refit also absorbs the drift the earlier layers left in
+the residual stream, not only the layer's own loss.
+
+For a pre-norm residual layer `h_mid = h_in + o_proj(a)`, `h_out = h_mid + down_proj(m)`:
+- o_proj is fitted on the pruned attention output `a_p` to `h_mid_dense − h_in_pruned`;
+- then, with the new o_proj in place, down_proj on the pruned MLP input `m_p` to `h_out_dense − h_mid_pruned`.
+Each fit is ridge least squares with an intercept (a bias, unregularised): `(XᵀX + λI) W = XᵀY`, with
+`λ = ridge · mean(diag XᵀX)` so one `ridge` suits every layer's scale. XᵀX and XᵀY are accumulated in
+fp64 per sample, so memory is one (in+1)² matrix per projection, never the activations of all tokens;
+the hidden states of both streams (dense and pruned) are kept for the calibration tokens, one layer at
+a time. The intercept generalises FLAP's bias compensation (a bias equal to the removed columns times
+their mean input): with it the fit can only do at least as well on the calibration tokens.
+
+Calibration cost: one pass of the dense layers plus four passes of each pruned layer (fit o_proj, fit
+down_proj, advance), all on layer inputs captured once at the first decoder layer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import ConfigDict, Field
+
+from mucrasp.validation import JobConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PreTrainedModel
+
+    from mucrasp.adapters.base import ArchitectureAdapter
+    from mucrasp.calibration.batches import CalibrationBatch
+    from mucrasp.units import KeepPlan
+
+Progress = Callable[[str, int, int], None]
+
+
+class ReconstructionSettings(JobConfig):
+    """The knobs of `--reconstruct`, each default defined here once."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ridge: float = Field(1e-2, ge=0.0)  # λ = ridge · mean(diag XᵀX); chosen on validation splits (bench/quality.py)
+    bias: bool = True  # fit an intercept (a bias on o_proj/down_proj), generalising FLAP's compensation
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the first decoder layer's inputs are recorded."""
+
+
+def _layer_inputs(model: PreTrainedModel, adapter: ArchitectureAdapter, batches: list[CalibrationBatch]):
+    """Per sample: the hidden states entering decoder layer 0 and the keyword arguments it is called with
+    (masks, rotary embeddings: whatever the family passes), captured by stopping the forward there."""
+    import torch
+
+    first = adapter.decoder_layers(model)[0]
+    captured: list[tuple[torch.Tensor, dict[str, Any]]] = []
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden.detach(), {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+        raise _StopForward
+
+    device = next(model.parameters()).device
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(**{k: v.to(device) for k, v in batch.inputs.items()}, use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = layer(hidden, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+class _NormalEquations:
+    """XᵀX and XᵀY in fp64 for `y ≈ W x + b`, accumulated token batch by token batch."""
+
+    def __init__(self, in_features: int, out_features: int, intercept: bool):
+        import torch
+
+        width = in_features + int(intercept)
+        self.intercept = intercept
+        self.xtx = torch.zeros(width, width, dtype=torch.float64)
+        self.xty = torch.zeros(width, out_features, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        import torch
+
+        x = x.detach().reshape(-1, x.shape[-1]).double().cpu()
+        y = y.detach().reshape(-1, y.shape[-1]).double().cpu()
+        if self.intercept:
+            x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+        self.xtx += x.T @ x
+        self.xty += x.T @ y
+
+    def solve(self, ridge: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        import torch
+
+        n = self.xtx.shape[0] - int(self.intercept)
+        diagonal = torch.diagonal(self.xtx)[:n]
+        damping = torch.zeros(self.xtx.shape[0], dtype=torch.float64)
+        # Relative to the mean input energy, so one value fits every layer; a floor keeps a dead channel solvable.
+        damping[:n] = ridge * float(diagonal.mean()) + 1e-12 * float(diagonal.max().clamp_min(1.0))
+        solution = torch.linalg.solve(self.xtx + torch.diag(damping), self.xty)
+        weight = solution[:n].T.contiguous()
+        return weight, (solution[n] if self.intercept else None)
+
+
+def _assign(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        linear.weight.copy_(weight.to(dtype=linear.weight.dtype, device=linear.weight.device))
+        if bias is not None:
+            bias = bias.to(dtype=linear.weight.dtype, device=linear.weight.device)
+            if linear.bias is None:
+                linear.bias = nn.Parameter(bias.clone())
+            else:
+                linear.bias.copy_(bias)
+
+
+def _fit(
+    layer: nn.Module,
+    linear: nn.Linear,
+    stream: list[tuple[torch.Tensor, dict[str, Any]]],
+    target: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    settings: ReconstructionSettings,
+) -> None:
+    """Run the (sliced) layer over the pruned stream, fit `linear` on its inputs to `target(sample, x, y)`,
+    where y is the projection's current output."""
+    import torch
+
+    equations = _NormalEquations(linear.in_features, linear.out_features, settings.bias or linear.bias is not None)
+
+    def hook(module, args, output):
+        equations.add(args[0], target(current[0], args[0], output))
+
+    current = [0]
+    handle = linear.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            for index, (hidden, kwargs) in enumerate(stream):
+                current[0] = index
+                _run(layer, hidden, kwargs)
+    finally:
+        handle.remove()
+    _assign(linear, *equations.solve(settings.ridge))
+
+
+def _capture_output(layer: nn.Module, linear: nn.Linear, stream) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The layer's outputs and `linear`'s outputs over the stream."""
+    import torch
+
+    projected: list[torch.Tensor] = []
+    handle = linear.register_forward_hook(lambda module, args, output: projected.append(output.detach()))
+    try:
+        with torch.no_grad():
+            outputs = [_run(layer, hidden, kwargs).detach() for hidden, kwargs in stream]
+    finally:
+        handle.remove()
+    return outputs, projected
+
+
+def slice_and_reconstruct(
+    model: PreTrainedModel,
+    adapter: ArchitectureAdapter,
+    plan: KeepPlan,
+    batches: list[CalibrationBatch],
+    settings: ReconstructionSettings | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Slice every decoder layer to `plan` in place and refit its o_proj and down_proj (module docstring).
+
+    Returns a summary for pruning.json: the settings and the relative output error of each layer before
+    and after its refit, on the calibration tokens.
+    """
+    import torch
+
+    from mucrasp.errors import MucraspError
+    from mucrasp.slicing import _check
+
+    settings = settings or ReconstructionSettings()
+    if not batches:
+        raise MucraspError("--reconstruct needs calibration data (--calib FILE)")
+    _check(model, adapter, plan)
+    layers = adapter.decoder_layers(model)
+    dense = _layer_inputs(model, adapter, batches)
+    pruned = [(hidden.clone(), kwargs) for hidden, kwargs in dense]
+    errors = []
+    for i, (layer, keep) in enumerate(zip(layers, plan.layers)):
+        *_, o_proj = adapter.attention_projections(layer)
+        dense_out, dense_o = _capture_output(layer, o_proj, dense)
+        dense_mid = [h + o for (h, _), o in zip(dense, dense_o)]
+        adapter.slice_layer(layer, model.config, keep.mlp_channels, keep.attn_groups)
+        before = _relative_error(layer, pruned, dense_out)
+        *_, o_proj = adapter.attention_projections(layer)
+        _fit(layer, o_proj, pruned, lambda s, x, y: dense_mid[s] - pruned[s][0], settings)
+        # h_mid of the pruned stream with the refitted o_proj, for the down_proj target.
+        _, pruned_o = _capture_output(layer, o_proj, pruned)
+        pruned_mid = [h + o for (h, _), o in zip(pruned, pruned_o)]
+        _, _, down = adapter.mlp_projections(layer)
+        _fit(layer, down, pruned, lambda s, x, y: dense_out[s] - pruned_mid[s], settings)
+        after = _relative_error(layer, pruned, dense_out)
+        errors.append({"layer": i, "before": round(before, 6), "after": round(after, 6)})
+        with torch.no_grad():
+            pruned = [(_run(layer, hidden, kwargs).detach(), kwargs) for hidden, kwargs in pruned]
+        dense = [(out, kwargs) for out, (_, kwargs) in zip(dense_out, dense)]
+        if progress is not None:
+            progress("reconstruction", i + 1, len(layers))
+    return {"ridge": settings.ridge, "bias": settings.bias, "samples": len(batches), "layer_output_error": errors}
+
+
+def _relative_error(layer: nn.Module, stream, targets: list[torch.Tensor]) -> float:
+    """‖layer(pruned stream) − dense output‖ / ‖dense output‖ over all calibration tokens."""
+    import torch
+
+    num = den = 0.0
+    with torch.no_grad():
+        for (hidden, kwargs), target in zip(stream, targets):
+            out = _run(layer, hidden, kwargs)
+            num += float((out.double() - target.double()).pow(2).sum())
+            den += float(target.double().pow(2).sum())
+    return (num / max(den, 1e-30)) ** 0.5
+
+
+def reconstruct_with_calibration(
+    model: PreTrainedModel,
+    adapter: ArchitectureAdapter,
+    plan: KeepPlan,
+    calibration: Any,
+    progress: Progress | None = None,
+    settings: ReconstructionSettings | None = None,
+) -> dict[str, Any]:
+    """`slice_and_reconstruct` on calibration records (a CalibrationSource) or ready-made batches."""
+    from mucrasp.calibration.batches import resolve_batches
+    from mucrasp.calibration.pivots import PivotConfig
+
+    batches = resolve_batches(
+        calibration, model.config, PivotConfig(), bool(adapter.is_vision_language), "--reconstruct"
+    )
+    return slice_and_reconstruct(model, adapter, plan, batches, settings, progress)
