@@ -20,7 +20,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import psutil
 
@@ -196,6 +196,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     A destination that cannot be created (a read-only or missing folder, a parent that is a file)
     is one MucraspError naming it: `cannot write to PATH: permission denied`.
     """
+    with atomic_file(path) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary sibling of `path`, fsynced and renamed over it on a clean exit.
+
+    For writers that stream (torch.save of a training state): the destination is whole or absent.
+    Errors on creating the file are `write_bytes_atomic`'s one-line MucraspError.
+    """
     path = Path(path)
     if path.is_dir():
         raise MucraspError(f"cannot write to {path}: it is a directory")
@@ -207,7 +218,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes it private; the result should not be
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)

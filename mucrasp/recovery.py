@@ -23,11 +23,9 @@ function of (seed, step) alone, so the resumed run takes the same steps as an un
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,22 +211,14 @@ def step_samples(step: int, batch_size: int, samples: int, seed: int) -> list[in
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
-    """torch.save to a temporary sibling, fsync, rename: a state file is whole or absent (as atomic_io does
-    for bytes, but streamed, since a full-parameter state is a few times the model's size)."""
+    """torch.save streamed into `atomic_file`: a state file is whole or absent (a full-parameter state is a few
+    times the model's size, so it is not built in memory as bytes first)."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    from mucrasp.atomic_io import atomic_file
+
+    with atomic_file(path) as handle:
+        torch.save(state, handle)
 
 
 def _load_state(path: Path | None, key: str) -> dict[str, Any] | None:

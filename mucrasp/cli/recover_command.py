@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Iterator
 
 import typer
 
-from mucrasp.cli.app import app, console, err_console
+from mucrasp.cli.app import app, console
+from mucrasp.cli.progress import rich_progress
 from mucrasp.recovery import RecoverConfig
 from mucrasp.validation import field_default as _default
 
@@ -68,8 +67,10 @@ def recover_command(
         dtype=dtype,
         overwrite=overwrite,
     )
-    with _progress_with_loss() as (progress, on_loss):
-        report = recover(config, progress=progress, on_loss=on_loss)
+    with rich_progress(field="loss") as (progress, set_field):
+        report = recover(
+            config, progress=progress, on_loss=lambda step, loss: set_field("distilling", f"loss {loss:.4f}")
+        )
     r = report.result
     resumed = f", resumed at step {r.resumed_from}" if r.resumed_from else ""
     console.print(
@@ -78,31 +79,3 @@ def recover_command(
         highlight=False,
         soft_wrap=True,
     )
-
-
-@contextlib.contextmanager
-def _progress_with_loss() -> Iterator[tuple]:
-    """The usual bars, with the distillation bar also showing the latest step's loss."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[loss]}"),
-        console=err_console,
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(description: str, done: int, total: int) -> None:
-            if description not in tasks:
-                tasks[description] = bar.add_task(description, total=total, loss="")
-            bar.update(tasks[description], completed=done, total=total)
-
-        def on_loss(step: int, loss: float) -> None:
-            if "distilling" in tasks:
-                bar.update(tasks["distilling"], loss=f"loss {loss:.4f}")
-
-        yield progress, on_loss
