@@ -14,10 +14,12 @@ bytes one decode step reads, dense unquantized over the row's, at the bits of it
 the LM head included; vLLM's compressed-tensors exports keep the LM head unquantized.
 
 Each model is pruned (magnitude by default: no calibration data needed, and the serving speed of a
-width does not depend on which channels were kept), exported for each backend, and smoke-tested with
-`mucrasp.serve.run_smoke` at the same load. The ideal speedup of a pruned model is the ratio of the
-parameters one decode step reads: decoder layers plus the LM head (the vision tower runs once per
-image, not per token). Writes bench/results/serve.{md,json,png}.
+width does not depend on which channels were kept; `--method mucrasp` etc. calibrate on the dense model's
+own traces, as the chain does without --calib), exported for each backend, and smoke-tested with
+`mucrasp.serve.run_smoke` at the same load. SmolLM2's spot-check is the self-calibration's held-out
+part. The ideal speedup of a pruned model is the ratio of the parameters one decode step reads:
+decoder layers plus the LM head (the vision tower runs once per image, not per token). Writes
+serve.{md,json,png} under --out (bench/results by default).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from mucrasp.atomic_io import write_json_atomic, write_text_atomic
+from mucrasp.calibration.self_calibration import SelfCalibrationConfig
 from mucrasp.checkpoint import MANIFEST_NAME, load_pruned
 from mucrasp.model_loading import read_model_config
 from mucrasp.params import count_parameters
@@ -59,21 +62,24 @@ def decode_params(folder: Path) -> tuple[int, int]:
 
 
 UNQUANTIZED = {"onnx": "fp32", "vllm": "bf16", "transformers": "fp32"}
-CPU_BYTES = 4  # unquantized weights run in fp32 on this CPU (vLLM --dtype auto -> float32; ONNX fp32)
+# What the unquantized tensors run in on this CPU (smoke's --dtype auto): fp32, except vLLM's int8 exports on
+# an AMX host, served in bf16 (its int8 GEMM takes bf16 activations); the vLLM rows report theirs.
+TORCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
-def decode_bytes(params: tuple[int, int], backend: str, weights: str) -> float:
-    """Bytes of weights one decode step reads at `weights` (dense formats: fp32 on this CPU)."""
+def decode_bytes(params: tuple[int, int], backend: str, weights: str, dtype: str = "fp32") -> float:
+    """Bytes of weights one decode step reads at `weights`, the unquantized tensors at `dtype`."""
+    from mucrasp.planning.profiles import DTYPE_BYTES
     from mucrasp.planning.weight_formats import get_format
 
     decoder, head = params
     fmt = get_format(weights)
-    per_weight = fmt.bytes_per_weight if fmt.quantized else CPU_BYTES
-    head_bytes = per_weight if backend == "onnx" and fmt.quantized else CPU_BYTES  # see the module docstring
+    per_weight = fmt.bytes_per_weight if fmt.quantized else DTYPE_BYTES[dtype]
+    head_bytes = per_weight if backend == "onnx" and fmt.quantized else DTYPE_BYTES[dtype]  # see the docstring
     return decoder * per_weight + head * head_bytes
 
 
-def variant(source: Path, ratio: float, work: Path, method: str) -> Path:
+def variant(source: Path, ratio: float, work: Path, method: str, calibration: Path | None, align: int) -> Path:
     """A pruned checkpoint folder (ratio 0: the dense model with a manifest, so it exports the same way)."""
     out = work / f"r{ratio:g}"
     if (out / MANIFEST_NAME).is_file():
@@ -84,8 +90,22 @@ def variant(source: Path, ratio: float, work: Path, method: str) -> Path:
         return out
     from mucrasp.pruning import PruneConfig, prune
 
-    prune(PruneConfig(model=source, out=out, ratio=ratio, method=method, overwrite=True))
+    prune(
+        PruneConfig(
+            model=source, out=out, ratio=ratio, method=method, calibration=calibration, align=align, overwrite=True
+        )
+    )
     return out
+
+
+def self_calibration(source: Path, work: Path):
+    """The dense model's own traces, as the chain makes them with no --calib: the calibration set of the
+    methods that need one, and (SmolLM2) the disjoint spot-check set."""
+    from mucrasp.calibration.self_calibration import self_calibrate
+
+    made = self_calibrate(source, cache_dir=work)  # into work/self-calibration/<key>
+    print(f"[bench] {made.describe()}", flush=True)
+    return made
 
 
 def export(pruned: Path, backend: str, weights: str) -> Path:
@@ -101,18 +121,19 @@ def export(pruned: Path, backend: str, weights: str) -> Path:
     return export_onnx(pruned, out, weights=weights).out
 
 
-def planner_vs_vllm(folder: Path, weights: str, reported: dict, kv_cache_gb: float) -> dict:
+def planner_vs_vllm(folder: Path, weights: str, reported: dict, kv_cache_gb: float, dtype: str) -> dict:
     """The planner's weight and KV-cache figures for an export (its own config: pruned widths, ratio 0 on
-    it), next to what vLLM's log said it allocated. On this CPU vLLM runs fp32 and sizes its KV cache
-    from VLLM_CPU_KVCACHE_SPACE, so the KV comparison is tokens: that space / the planner's bytes per token."""
-    from mucrasp.planning.memory_model import kv_bytes_per_token, text_weight_bytes
+    it) at the dtype vLLM ran it in, next to what vLLM said it allocated. On this CPU vLLM sizes its KV
+    cache from VLLM_CPU_KVCACHE_SPACE, so the KV comparison is tokens: that space / the planner's bytes per
+    token."""
+    from mucrasp.planning.memory_model import checkpoint_weight_bytes, kv_bytes_per_token
     from mucrasp.planning.model_shape import model_shape
 
     config, adapter = read_model_config(folder)
     shape = model_shape(config, adapter)
     quantized = weights if weights != UNQUANTIZED["vllm"] else None
-    weights_gib = (shape.vision_params * CPU_BYTES + text_weight_bytes(shape, 0.0, "fp32", quantized)) / 2**30
-    kv_tokens = kv_cache_gb * 2**30 / kv_bytes_per_token(shape, 0.0, "fp32")
+    weights_gib = checkpoint_weight_bytes(folder, dtype, quantized) / 2**30
+    kv_tokens = kv_cache_gb * 2**30 / kv_bytes_per_token(shape, 0.0, dtype)
     out = {"predicted_weights_gib": weights_gib, "predicted_kv_tokens": kv_tokens, **reported}
 
     def error(predicted, measured):
@@ -129,31 +150,14 @@ def backend_formats(args) -> list[tuple[str, str]]:
     return [(b, w) for b in args.backends for w in formats[b]]
 
 
-def smollm_spot_records(source: Path, work: Path, n: int):
-    """SmolLM2 has no spot-check set: word problems of its calibration split's held-out half (as
-    bench/quality.py's validation split), answered greedily by the dense model."""
-    from mucrasp.calibration.records import CalibrationRecord
-    from mucrasp.demo.word_problems import N_CALIBRATION, split_prompts
-    from mucrasp.serve.spot_check import dense_answers
-
-    cache = work / "spot_records.json"
-    if cache.is_file():
-        return [CalibrationRecord(None, r["prompt"], r["response"], r["where"]) for r in json.loads(cache.read_text())]
-    prompts = split_prompts("calibration")[N_CALIBRATION // 2 :][:n]
-    records = [CalibrationRecord(None, p, "-", f"word_problems:{i}") for i, p in enumerate(prompts)]
-    records = dense_answers(source, records, max_new_tokens=96)
-    write_json_atomic(cache, [{"prompt": r.prompt, "response": r.response, "where": r.where} for r in records])
-    return records
-
-
 def source_fingerprint(source: Path) -> dict:
     return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(source.glob("*.safetensors"))}
 
 
-def fresh_work_dir(work: Path, source: Path, method: str) -> None:
-    """Reuse pruned/exported variants only if they were made from these weights by this method."""
+def fresh_work_dir(work: Path, source: Path, method: str, align: int) -> None:
+    """Reuse pruned/exported variants only if they were made from these weights by this method and alignment."""
     stamp = work / "source.json"
-    expected = {"source": str(source), "weights": source_fingerprint(source), "method": method}
+    expected = {"source": str(source), "weights": source_fingerprint(source), "method": method, "align": align}
     if work.exists() and (not stamp.is_file() or json.loads(stamp.read_text()) != expected):
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -165,7 +169,7 @@ def bench(args) -> list[dict]:
     for name in args.models:
         source = model_source(name)
         work = Path(args.work) / name
-        fresh_work_dir(work, source, args.method)
+        fresh_work_dir(work, source, args.method, args.align)
         from mucrasp.serve import write_spot_check
 
         if name == "demo":
@@ -175,16 +179,23 @@ def bench(args) -> list[dict]:
             test = ensure_demo_data(work / "data")["test"]
             spot = lambda folder: write_spot_check(folder, load_records(test, args.spot_check), "accuracy", str(test))  # noqa: E731
         else:
-            records = smollm_spot_records(source, work, args.spot_check)
-            spot = lambda folder: write_spot_check(folder, records, "agreement", "the dense model's greedy answers")  # noqa: E731
+            from mucrasp.calibration.records import load_records
+
+            made = self_calibration(source, work)
+            records = load_records(made.spot_check, args.spot_check)
+            spot = lambda folder: write_spot_check(  # noqa: E731
+                folder, records, "agreement", "the dense model's greedy answers to held-out self-calibration prompts"
+            )
+        from mucrasp.scoring import get_method
+
+        calibration = self_calibration(source, work).calibration if get_method(args.method).needs_calibration else None
         for ratio in [0.0, *args.ratios]:
-            pruned = variant(source, ratio, work, args.method)
+            pruned = variant(source, ratio, work, args.method, calibration, args.align)
             params = decode_params(pruned)
             for backend, weights in backend_formats(args):
                 folder = export(pruned, backend, weights)
                 if not (folder / "spot_check.jsonl").is_file():
                     spot(folder)
-                read = decode_bytes(params, backend, weights)
                 print(f"[bench] {name} ratio {ratio:g} on {backend} ({weights}) ...", flush=True)
                 report = run_smoke(
                     SmokeConfig(
@@ -194,6 +205,8 @@ def bench(args) -> list[dict]:
                         concurrency=args.concurrency,
                         max_tokens=args.max_tokens,
                         spot_check_limit=args.spot_check,
+                        # the dense answers' own length: a longer run would add numbers after the answer
+                        spot_check_max_tokens=SelfCalibrationConfig().max_new_tokens,
                         processor_dir=pruned,
                         max_model_len=args.max_model_len,
                         kv_cache_gb=args.kv_cache_gb,
@@ -202,12 +215,15 @@ def bench(args) -> list[dict]:
                     )
                 )
                 t, m = report.data["throughput"], report.data["memory"]
+                dtype = TORCH_DTYPES.get(report.data["backend_details"].get("dtype"), "fp32")
+                read = decode_bytes(params, backend, weights, dtype)
                 rows.append(
                     {
                         "model": name,
                         "ratio": ratio,
                         "backend": backend,
                         "weights": weights,
+                        "dtype": dtype,
                         "decode_params": sum(params),
                         "decode_bytes": read,
                         "cot_kl": report.data["cot_kl"],
@@ -220,7 +236,7 @@ def bench(args) -> list[dict]:
                 )
                 reported = report.data["backend_details"].get("vllm_reported")
                 if backend == "vllm" and reported:
-                    rows[-1]["planner"] = planner_vs_vllm(folder, weights, reported, args.kv_cache_gb)
+                    rows[-1]["planner"] = planner_vs_vllm(folder, weights, reported, args.kv_cache_gb, dtype)
     for row in rows:
         # both against the same backend's dense unquantized row
         dense = next(
@@ -252,6 +268,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         spot = "-" if r.get("spot_check") is None else f"{r['spot_check']:.2f}"
         kl = "-" if r.get("cot_kl") is None else f"{r['cot_kl']:.2g}"
         weights = r.get("weights", UNQUANTIZED.get(r["backend"], "-"))
+        if r.get("dtype") and r["dtype"] != UNQUANTIZED.get(r["backend"]):
+            weights += f" ({r['dtype']})"  # what the unquantized tensors and activations ran in
         read = "-" if r.get("decode_bytes") is None else f"{r['decode_bytes'] / 1e6:.0f}"
         lines.append(
             f"| {r['model']} | {r['ratio']:g} | {r['backend']} | {weights} | {r['decode_params'] / 1e6:.1f} | "
@@ -263,10 +281,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
     if planned:
         lines += [
             "",
-            "Planner against vLLM's own log lines (`Model loading took X GiB`, `KV cache size: N tokens`), per "
-            "served export; error = (planned - reported) / reported. vLLM's CPU worker logs no `Model loading "
-            "took` line ('-'); its KV cache is VLLM_CPU_KVCACHE_SPACE, so the KV figure compares the planner's "
-            "bytes per token.",
+            "Planner against vLLM's own figures, per served export; error = (planned - reported) / reported. "
+            "KV: its log line `KV cache size: N tokens`; on CPU the cache is VLLM_CPU_KVCACHE_SPACE, so this "
+            "compares the planner's bytes per token. Weights: `Model loading took X GiB`, a GPU runner's line; "
+            "vLLM's CPU worker logs none ('-'), and its parameters do not hold the weights it repacks into "
+            "oneDNN handles, so no CPU figure stands in for it.",
             "",
             "| model | ratio | weights | planned weights (GiB) | vLLM (GiB) | error | planned KV tokens | "
             "vLLM KV tokens | error |",
@@ -325,6 +344,12 @@ def main() -> None:
     parser.add_argument("--onnx-weights", nargs="+", default=["fp32", "int8", "int4"], help="export onnx --weights")
     parser.add_argument("--vllm-weights", nargs="+", default=["bf16", "w8a8"], help="export vllm --weights")
     parser.add_argument("--method", default="magnitude")
+    parser.add_argument(
+        "--align",
+        type=int,
+        default=8,
+        help="prune --align; 16 for int8 on vLLM CPU with AMX (it cannot pack gate/up rows not a multiple of 32)",
+    )
     parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="VLLM_CPU_KVCACHE_SPACE of the vLLM rows")
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -348,6 +373,7 @@ def main() -> None:
         "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
         "method": args.method,
+        "align": args.align,
     }
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "serve.json", {"meta": meta, "rows": rows})

@@ -300,6 +300,18 @@ def check_image_size(config, image_size: int) -> None:
         )
 
 
+def nearest_image_size(model_dir: str | Path, image_size: int | None) -> int | None:
+    """A workload's image size as the vision graph can take it: the nearest whole number of merged patches,
+    as the planner counts its tokens (`ModelShape.image_patches`). None for a text model or no size."""
+    from mucrasp.model_loading import read_model_config
+
+    config, adapter = read_model_config(model_dir)
+    if image_size is None or not adapter.is_vision_language:
+        return None
+    unit = _image_unit(config)
+    return max(unit, round(image_size / unit) * unit)
+
+
 def vision_grid(config, folder: Path, image_size: int | None) -> tuple[int, int, int]:
     """The patch grid of the one image size the vision graph takes: `image_size` pixels square, or
     the largest square the model's image processor allows, in whole merged patches."""

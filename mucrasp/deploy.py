@@ -245,8 +245,13 @@ def prune_step(ctx: DeployContext) -> None:
     else:
         from mucrasp.pruning import PruneConfig, prune_loaded
         from mucrasp.scoring.scores_file import load_scores
+        from mucrasp.serve.backends import AMX_INT8_BLOCK_N
 
+        # vLLM's int8 GEMM on AMX CPUs packs a merged gate/up only in rows of 32 (check_cpu_int8_widths): MLP
+        # widths in 16s keep a w8a8 export servable there, and cost a GPU nothing.
+        int8_vllm = ctx.weights == "w8a8" and ctx.config.target == "vllm"
         config = PruneConfig(
+            **({"align": AMX_INT8_BLOCK_N // 2} if int8_vllm else {}),
             model=ctx.model_dir,
             out=model_dir,
             ratio=ctx.ratio,
@@ -332,9 +337,11 @@ def export_step(ctx: DeployContext) -> None:
         ctx.exported = exported
         ctx.record("export", "done", f"vLLM checkpoint ({exported.architecture}) in export/")
     else:
-        from mucrasp.export.onnx_export import export_onnx
+        from mucrasp.export.onnx_export import export_onnx, nearest_image_size
 
-        exported = export_onnx(model_dir, export_dir, weights=ctx.weights)
+        # the vision graph is traced at one grid: the workload's image size, so its images are served as planned
+        image_size = nearest_image_size(model_dir, ctx.config.workload.image_size)
+        exported = export_onnx(model_dir, export_dir, weights=ctx.weights, image_size=image_size)
         ctx.record("export", "done", f"ONNX graphs ({', '.join(exported.graphs)}) in export/")
     ctx.progress("export", 1, 1)
 
@@ -398,6 +405,8 @@ def _planned(ctx: DeployContext) -> Planned:
         budget_gb=ctx.profile.budget_bytes / 1e9,
         enforced=enforced,
         note=note,
+        ttft_s=row.ttft_s if row else None,
+        image_size=w.image_size,
     )
 
 
@@ -422,6 +431,7 @@ def smoke_step(ctx: DeployContext) -> None:
                 requests=max(c.smoke_requests, w.concurrency),
                 concurrency=w.concurrency,
                 max_model_len=w.max_model_len,
+                image_size=w.image_size,
                 thresholds=Thresholds(min_tokens_per_s=w.target_tokens_per_s if planned.enforced else None),
                 processor_dir=folder / "model",
                 profile=ctx.profile,
@@ -464,6 +474,10 @@ def smoke_summary(data: dict[str, Any], backend: str, spot_note: str = "") -> st
         capped = " (capped at the model's positions)" if ctx_len["served"] < ctx_len["planned"] else ""
         parts.append(f"context {ctx_len['served']} of planned {ctx_len['planned']}{capped}")
         parts.append(f"concurrency {conc['served']} of planned {conc['planned']}")
+    ttft = p.get("ttft_s") or {}
+    if ttft.get("measured_p50") is not None:
+        at = f" at {ttft['image_size']['served']} px" if ttft.get("image_size", {}).get("served") else ""
+        parts.append(f"TTFT p50 {ttft['measured_p50']:.3g} s{at} (planned {planned(ttft.get('planned'), ' s')})")
     spot_text = f"spot-check {spot['kind']} {spot['score']:.2f}" if "score" in spot else "no spot-check"
     parts.append(f"{spot_text} ({spot_note})" if spot_note else spot_text)
     summary = ", ".join(parts)

@@ -276,6 +276,8 @@ def run_onnx(
     generator.step = step
     cot_kl = _onnx_cot_kl(generator, config, spot_records, vision) if config.dense and spot_records else None
     details = {"providers": providers, "dtype": manifest["dtype"], "weights": manifest.get("weights", {}).get("format")}
+    if image_size:  # the vision graph was traced at one grid: every image is resized to it
+        details["image_size"] = image_size
     return BackendRun(load_phase, spot_texts, peak_bytes, "rss", details, cot_kl)
 
 
@@ -285,9 +287,54 @@ def _np(tensor):
 
 # ---- vLLM: the OpenAI server, or vllm.LLM offline ---------------------------------------------------------
 def _vllm_dtype(config: SmokeConfig, gpu: bool) -> str:
+    """`--dtype auto`: the model's own on GPU; on CPU float32 (no bf16 kernels assumed), except for an int8
+    export on a host with AMX, where vLLM's int8 GEMM (`int8_scaled_mm_with_quant`, chosen for every
+    layer whose shape it tiles) takes bf16 or fp16 activations only and fails on fp32 ones."""
     if config.dtype != "auto":
         return config.dtype
-    return "auto" if gpu else "float32"
+    if gpu:
+        return "auto"
+    return "bfloat16" if _int8_weights(config.export_dir) and amx_host() else "float32"
+
+
+# vLLM 0.32's AMX int8 GEMM packs a weight only when its output rows are a multiple of this, but picks that
+# kernel whenever they are a multiple of 16 (`check_cpu_sgl_kernel`): a merged gate/up of 2 × 1080 rows passes
+# the check and fails to pack ("Expected N == BLOCK_N") while the engine loads.
+AMX_INT8_BLOCK_N = 32
+
+
+def check_cpu_int8_widths(export_dir: Path) -> None:
+    """Before an engine starts on a CPU host with AMX: an int8 export whose merged gate/up projection vLLM
+    would route to its AMX kernel but cannot pack is one clear error naming the layer and the fix."""
+    if not (_int8_weights(export_dir) and amx_host()):
+        return
+    config = model_config(export_dir)
+    text = {**config, **config.get("text_config", {})}  # per-layer widths may sit at either level
+    hidden = text["hidden_size"]
+    widths = text.get("layer_intermediate_sizes") or [text["intermediate_size"]] * text["num_hidden_layers"]
+    for layer, width in enumerate(widths):
+        rows = 2 * width  # gate and up, one merged matmul
+        if hidden % 32 == 0 and rows % 16 == 0 and rows % AMX_INT8_BLOCK_N:
+            raise MucraspError(
+                f"layer {layer}'s MLP width {width} gives a merged gate/up of {rows} rows, which vLLM's int8 "
+                f"kernel on this AMX CPU selects but cannot pack (rows must be a multiple of {AMX_INT8_BLOCK_N}); "
+                "prune with --align 16 (MLP widths in multiples of 16), or serve it on a GPU"
+            )
+
+
+def amx_host() -> bool:
+    import torch
+
+    return bool(torch.cpu._is_amx_tile_supported())
+
+
+def _int8_weights(export_dir: Path) -> bool:
+    """Whether a compressed-tensors export stores int8 weights (w8a8)."""
+    quant = model_config(export_dir).get("quantization_config") or {}
+    groups = quant.get("config_groups", {}).values()
+    return any(
+        (g.get("weights") or {}).get("type") == "int" and (g.get("weights") or {}).get("num_bits") == 8 for g in groups
+    )
 
 
 def _gpu_memory_utilization(config: SmokeConfig) -> float | None:
@@ -325,6 +372,8 @@ def run_vllm_server(
 
     gpu = gpu_available()
     vision = "vision_config" in model_config(config.export_dir)
+    if not gpu:
+        check_cpu_int8_widths(config.export_dir)
     # The log goes where the report goes, and stays there only if the server fails.
     log_path = (Path(config.log_dir) if config.log_dir else config.report_path.parent) / "vllm-server.log"
     server = VllmServer(
@@ -363,6 +412,7 @@ def run_vllm_server(
                 ) from None
         failed = False
         details = {
+            "dtype": _vllm_dtype(config, gpu),
             "port": server.port,
             "server_pids": sorted(server.pids),
             "ready_after_s": round(server.ready_after_s or 0, 1),
@@ -388,6 +438,8 @@ def run_vllm_offline(
     """vllm.LLM without a server, in a worker process: the engine's memory is measurable and goes away."""
     gpu = gpu_available()
     vision = "vision_config" in model_config(config.export_dir)
+    if not gpu:
+        check_cpu_int8_widths(config.export_dir)
     with tempfile.TemporaryDirectory(prefix="mucrasp-vllm-offline-") as tmp:
         request = Path(tmp) / "request.json"
         result = Path(tmp) / "result.json"
@@ -444,8 +496,12 @@ def run_vllm_offline(
             _copy(log, kept)
             raise MucraspError(f"vLLM (offline) failed with exit code {code}: {failure_reason(log)} (full log: {kept})")
         data = json.loads(result.read_text())
+        from mucrasp.serve.vllm_server import reported_allocation
+
+        reported = reported_allocation(log)  # for the planner's memory figures, as the server run
     load_phase = PhaseResult([RequestResult(**r) for r in data["load"]], data["load_wall_s"])
-    return BackendRun(load_phase, data["spot"], sampler.bytes, "gpu" if gpu else "rss", {"offline": True})
+    details = {"offline": True, "dtype": _vllm_dtype(config, gpu), "vllm_reported": reported}
+    return BackendRun(load_phase, data["spot"], sampler.bytes, "gpu" if gpu else "rss", details)
 
 
 def _request_dict(request: ChatRequest) -> dict:

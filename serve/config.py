@@ -50,6 +50,8 @@ class Planned:
     memory_gb: float | None  # the planner's total at the chosen ratio (weights + KV + activations + reserve)
     budget_gb: float | None  # the profile's memory × GPUs × utilisation
     enforced: bool = False
+    ttft_s: float | None = None  # the planner's time to first token (vision tower + prefill) on the profile
+    image_size: int | None = None  # the workload's image, pixels a side, that ttft_s was predicted for
     note: str = ""
 
 
@@ -61,6 +63,9 @@ class SmokeConfig:
     requests: int = 8  # load phase: this many requests of `max_tokens` output tokens each
     concurrency: int = 4  # in flight at once (vllm); onnx and transformers run batch 1
     max_tokens: int = 32
+    # VL exports: the load phase's image, this many pixels a side (the workload's, so its TTFT is measured
+    # at the size the planner predicted for); None: the spot-check set's first image
+    image_size: int | None = None
     spot_check_max_tokens: int = 128
     spot_check_limit: int | None = 16  # records of the held-out set to ask; None: all
     data: Path | None = None  # a spot-check JSONL instead of the one stored with the export
@@ -93,6 +98,8 @@ class SmokeConfig:
         for name in ("requests", "concurrency", "max_tokens", "spot_check_max_tokens"):
             if getattr(self, name) < 1:
                 raise MucraspError(f"{name.replace('_', '-')} must be at least 1")
+        if self.image_size is not None and self.image_size < 1:
+            raise MucraspError("image-size must be at least 1 pixel")
         if self.tensor_parallel_size is not None and self.tensor_parallel_size < 1:
             raise MucraspError("tensor-parallel-size must be at least 1")
         if self.port is not None and not 0 < self.port < 65536:

@@ -62,18 +62,21 @@ def effective_thresholds(config: SmokeConfig) -> tuple[Thresholds, str | None]:
     return Thresholds(t.min_tokens_per_s, round(limit, 3), t.min_spot_check), profile.name
 
 
-def _load_image(spot: SpotCheckSet | None, vision: bool) -> Path | None:
+def _load_image(spot: SpotCheckSet | None, vision: bool, image_size: int | None = None) -> Path | None:
+    """The load phase's image: one of `image_size` pixels a side when asked (the workload's size, which
+    sets the vision tower's cost and the image tokens), else the spot-check set's first image."""
     if not vision:
         return None
-    if spot is not None:
+    if spot is not None and image_size is None:
         image = next((r.image for r in spot.records if r.image is not None), None)
         if image is not None:
             return image
     # A VL server must be measured with images: their encoding is part of the cost of a request.
     from PIL import Image
 
-    path = Path(tempfile.mkdtemp(prefix="mucrasp-smoke-")) / "load.png"
-    Image.linear_gradient("L").convert("RGB").resize((224, 224)).save(path)
+    side = image_size or 224
+    path = Path(tempfile.mkdtemp(prefix="mucrasp-smoke-")) / f"load-{side}.png"
+    Image.linear_gradient("L").convert("RGB").resize((side, side)).save(path)
     return path
 
 
@@ -116,6 +119,7 @@ def planned_vs_measured(
     throughput: dict,
     memory: dict,
     positions: int | None,
+    served_image_size: int | None = None,
 ) -> dict[str, Any]:
     """The plan's figures next to this run's: tokens/s, memory, context and concurrency."""
     served_len = min(planned.max_model_len, positions) if positions else planned.max_model_len
@@ -156,6 +160,11 @@ def planned_vs_measured(
         },
         "max_model_len": context,
         "concurrency": concurrency,
+        "ttft_s": {
+            "planned": None if planned.ttft_s is None else float(f"{planned.ttft_s:.4g}"),  # GPU TTFTs are sub-ms
+            "measured_p50": throughput["ttft_p50_s"],
+            "image_size": {"planned": planned.image_size, "served": served_image_size},
+        },
     }
 
 
@@ -172,7 +181,7 @@ def run_smoke(config: SmokeConfig) -> SmokeReport:
     thresholds, profile_name = effective_thresholds(config)
     spot = load_spot_check(export_dir, config.data, config.spot_check_limit)
 
-    load_image = _load_image(spot, vision)
+    load_image = _load_image(spot, vision, config.image_size)
     load = [ChatRequest(config.prompt, load_image, config.max_tokens, ignore_eos=True) for _ in range(config.requests)]
     spot_requests = [ChatRequest(r.prompt, r.image, config.spot_check_max_tokens) for r in spot.records] if spot else []
     run: BackendRun = run_backend(config, load, spot_requests, spot.records if spot else None)
@@ -223,6 +232,8 @@ def run_smoke(config: SmokeConfig) -> SmokeReport:
             "max_tokens": config.max_tokens,
             "prompt": config.prompt,
             "image": bool(load_image),
+            # as the model saw it: an ONNX vision graph resizes every image to the grid it was traced at
+            "image_size": run.details.get("image_size") or _image_side(load_image),
         },
         "throughput": throughput,
         "memory": memory,
@@ -237,10 +248,25 @@ def run_smoke(config: SmokeConfig) -> SmokeReport:
     }
     if config.planned is not None:
         data["planned_vs_measured"] = planned_vs_measured(
-            config.planned, config, thresholds, throughput, memory, None if onnx else model_positions(export_dir)
+            config.planned,
+            config,
+            thresholds,
+            throughput,
+            memory,
+            None if onnx else model_positions(export_dir),
+            data["load"]["image_size"],
         )
     write_json_atomic(config.report_path, data)
     return SmokeReport(path=config.report_path, data=data, checks=checks, failures=failures)
+
+
+def _image_side(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return max(image.size)
 
 
 def _onnx_vision(export_dir: Path) -> bool:

@@ -175,7 +175,8 @@ def test_chain_smoke_follows_the_plan_and_the_card_carries_the_measurements(tmp_
     test_split = ensure_demo_data(default_cache_dir() / "demo-data")["test"]
     # a10g plans about 47k tokens/s for the demo model: the planner picks ratio 0 and the smoke test,
     # on this CPU, measures far less than 1000, so the enforced target fails the smoke step.
-    workload = Workload(max_model_len=4096, concurrency=2, target_tokens_per_s=1000)
+    # ...and the load phase sends the workload's image size, so its TTFT sits next to the planner's.
+    workload = Workload(max_model_len=4096, concurrency=2, target_tokens_per_s=1000, image_size=96)
     report = run_chain(
         DeployConfig(
             profile="a10g",
@@ -192,6 +193,7 @@ def test_chain_smoke_follows_the_plan_and_the_card_carries_the_measurements(tmp_
     (config,) = seen
     assert (config.max_model_len, config.concurrency) == (4096, 2)
     assert config.requests == 2  # one per planned sequence at least
+    assert config.image_size == 96 and config.planned.image_size == 96 and config.planned.ttft_s > 0
     assert config.thresholds.min_tokens_per_s == 1000 and config.planned.enforced
 
     steps = {s["step"]: s for s in report.steps}
@@ -208,6 +210,10 @@ def test_chain_smoke_follows_the_plan_and_the_card_carries_the_measurements(tmp_
     assert pvm["max_model_len"]["planned"] == 4096 and pvm["max_model_len"]["served"] == 512
     assert "capped" in pvm["max_model_len"]["note"]
     assert pvm["concurrency"]["planned"] == 2
+    assert pvm["ttft_s"]["planned"] == pytest.approx(config.planned.ttft_s, rel=1e-3)
+    assert pvm["ttft_s"]["measured_p50"] > 0 and pvm["ttft_s"]["image_size"] == {"planned": 96, "served": 96}
+    assert saved["smoke"]["load"]["image_size"] == 96  # the image sent, read back from the file
+    assert "TTFT p50" in steps["smoke"]["detail"] and "at 96 px" in steps["smoke"]["detail"]
     assert {c["metric"]: c["passed"] for c in saved["smoke"]["checks"]}["tokens_per_s"] is False
 
     # The card: written once, after the smoke test and the eval, with their numbers.

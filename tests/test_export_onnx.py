@@ -220,3 +220,25 @@ def test_every_family_says_whether_onnxruntime_genai_runs_it(family):
     else:
         config = json.loads((folder / "genai_config.json").read_text())["model"]
         assert config["type"] == adapter.onnx_genai_type and config["eos_token_id"] == [2]
+
+
+def test_a_workload_image_size_becomes_the_nearest_size_the_vision_graph_takes():
+    """The chain traces the ONNX vision graph at the workload's --image-size, rounded to whole merged patches
+    as the planner counts them; a text model gets none."""
+    import json
+
+    from mucrasp.demo.bundled import bundled_demo_model
+    from mucrasp.export.onnx_export import nearest_image_size
+    from mucrasp.planning.model_shape import model_shape
+
+    demo = bundled_demo_model()
+    vision = json.loads((demo / "config.json").read_text())["vision_config"]
+    unit = vision["patch_size"] * vision["spatial_merge_size"]
+    assert nearest_image_size(demo, 3 * unit) == 3 * unit
+    assert nearest_image_size(demo, 3 * unit + 1) == 3 * unit and nearest_image_size(demo, 1) == unit
+    assert nearest_image_size(demo, None) is None
+    from mucrasp.model_loading import read_model_config
+
+    shape = model_shape(*read_model_config(demo))
+    rounded = nearest_image_size(demo, 3 * unit + unit // 2 + 1)
+    assert shape.image_patches(rounded) == shape.image_patches(3 * unit + unit // 2 + 1)  # the planner's count

@@ -136,7 +136,8 @@ def test_int4_export_runs_in_onnxruntime_genai(exports, greedy):
 # ---- vLLM: a W8A8 compressed-tensors export served by the real vLLM CPU engine (one engine start) ------
 VLLM_PROMPTS = [[1, 5, 9, 33, 2, 7, 300, 41], [1, 400, 3, 77, 81, 9, 9, 12, 13, 14]]
 # Largest |prompt log-prob difference| of the W8A8 export on vLLM against the unquantized model on
-# transformers (fp32): measured 0.036 (int8 weights and per-token int8 activations on the tiny model).
+# transformers (fp32): measured 0.036 with fp32 activations, 0.071 in bf16 (an AMX host, where vLLM's int8
+# kernel takes bf16 activations only; tests/export_helpers picks the dtype as the smoke test does).
 LOGPROB_TOLERANCE = 0.1
 
 

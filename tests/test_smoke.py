@@ -214,6 +214,22 @@ def test_bad_input(exports, tmp_path):
         run_smoke(_config(exports["vllm"], "onnx", tmp_path))
     with pytest.raises(MucraspError, match="does not exist"):
         run_smoke(_config(tmp_path / "missing", "transformers", tmp_path))
+    with pytest.raises(MucraspError, match="image-size must be at least 1"):
+        SmokeConfig(exports["vllm"], backend="transformers", image_size=0).validate()
+
+
+def test_load_image_is_the_workload_size_when_asked(exports):
+    """`--image-size` (the chain passes the workload's) replaces the spot-check image in the load phase, so the
+    measured TTFT is at the size the planner predicted for; a text model gets no image at all."""
+    from PIL import Image
+
+    from mucrasp.serve.smoke import _load_image
+
+    spot = load_spot_check(exports["vllm"])
+    with Image.open(_load_image(spot, True, 300)) as image:
+        assert image.size == (300, 300)
+    assert _load_image(spot, True) == spot.records[0].image
+    assert _load_image(spot, False, 300) is None
 
 
 def test_spot_check_round_trip_and_its_absence(exports, tmp_path):
@@ -249,3 +265,44 @@ def test_model_card_serve_command_names_the_tensor_parallel_size(tmp_path):
     assert "vllm serve ./tp2 --tensor-parallel-size 2" in card and "tensor_parallel_size=2" in card
     card = (export_vllm(tmp_path / "pruned", tmp_path / "tp1").out / "README.md").read_text()
     assert "vllm serve ./tp1\n" in card and "--tensor-parallel-size" not in card
+
+
+# ---- the dtype vLLM runs an export in on a CPU host --------------------------------------------------
+def test_cpu_dtype_is_bf16_only_for_an_int8_export_on_an_amx_host(tmp_path, monkeypatch):
+    """vLLM's int8 GEMM on AMX hosts takes bf16 activations only (fp32 ones fail inside the engine), so an
+    int8 export is served in bf16 there; anything else stays fp32 on CPU, and --dtype always wins."""
+    import mucrasp.serve.backends as backends
+    from mucrasp.export.vllm_checkpoint import export_vllm
+
+    h.make_pruned_checkpoint("LlamaForCausalLM", tmp_path / "pruned", h.uniform_plan())
+    plain = export_vllm(tmp_path / "pruned", tmp_path / "bf16").out
+    int8 = export_vllm(tmp_path / "pruned", tmp_path / "w8a8", weights="w8a8").out
+    fp8 = export_vllm(tmp_path / "pruned", tmp_path / "fp8", weights="fp8").out  # 8 bits, not int
+    for amx, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(backends, "amx_host", lambda amx=amx: amx)
+        assert backends._vllm_dtype(SmokeConfig(int8), gpu=False) == expected
+        assert backends._vllm_dtype(SmokeConfig(plain), gpu=False) == "float32"
+        assert backends._vllm_dtype(SmokeConfig(fp8), gpu=False) == "float32"
+    assert backends._vllm_dtype(SmokeConfig(int8, dtype="float16"), gpu=False) == "float16"
+    assert backends._vllm_dtype(SmokeConfig(int8), gpu=True) == "auto"
+
+
+def test_int8_widths_vllm_cannot_pack_on_amx_are_one_clear_error(tmp_path, monkeypatch):
+    """A merged gate/up of 2 × 1080 rows passes vLLM's kernel check but not its packing: said before any engine
+    starts, naming the layer and the fix. Widths in multiples of 16, or a host without AMX, pass."""
+    import mucrasp.serve.backends as backends
+
+    quant = {"config_groups": {"group_0": {"weights": {"type": "int", "num_bits": 8}}}}
+    config = {"hidden_size": 576, "num_hidden_layers": 3, "intermediate_size": 1536, "quantization_config": quant}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "layer_intermediate_sizes": [1536, 1080, 512]}))
+    monkeypatch.setattr(backends, "amx_host", lambda: True)
+    monkeypatch.setattr(backends, "gpu_available", lambda: False)
+    with pytest.raises(MucraspError, match=r"layer 1's MLP width 1080 .* 2160 rows.*--align 16"):
+        backends.check_cpu_int8_widths(tmp_path)
+    with pytest.raises(MucraspError, match="layer 1's MLP width 1080"):  # the smoke test says it, engine unstarted
+        run_smoke(SmokeConfig(tmp_path, backend="vllm", offline=True, report=tmp_path / "r.json"))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "layer_intermediate_sizes": [1536, 1088, 512]}))
+    backends.check_cpu_int8_widths(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "layer_intermediate_sizes": [1536, 1080, 512]}))
+    monkeypatch.setattr(backends, "amx_host", lambda: False)
+    backends.check_cpu_int8_widths(tmp_path)

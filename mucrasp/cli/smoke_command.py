@@ -39,6 +39,11 @@ def report_table(data: dict) -> Table:
     row("output tokens/s (aggregate)", "tokens_per_s", _fmt(t["tokens_per_s"], digits=4))
     row("decode tokens/s per stream", None, _fmt(t["decode_tokens_per_s_per_stream"], digits=4))
     row("time to first token p50 / p95", None, f"{_fmt(t['ttft_p50_s'], ' s')} / {_fmt(t['ttft_p95_s'], ' s')}")
+    planned_ttft = (data.get("planned_vs_measured") or {}).get("ttft_s", {}).get("planned")
+    if planned_ttft is not None:
+        row("time to first token, planned", None, _fmt(planned_ttft, " s"))
+    if data["load"].get("image_size"):
+        row("load image (pixels a side)", None, str(data["load"]["image_size"]))
     row("latency p50 / p95", None, f"{_fmt(t['latency_p50_s'], ' s')} / {_fmt(t['latency_p95_s'], ' s')}")
     row("requests (failed)", None, f"{t['requests']} ({t['failed_requests']})")
     row(m["what"], "peak_memory_gb", _fmt(m["peak_gb"], " GB"))
@@ -63,6 +68,10 @@ def smoke_command(
         _default(SmokeConfig, "concurrency"), help="Load phase: requests in flight (vllm)."
     ),
     max_tokens: int = typer.Option(_default(SmokeConfig, "max_tokens"), help="Load phase: output tokens per request."),
+    image_size: int = typer.Option(
+        _default(SmokeConfig, "image_size"),
+        help="VL exports: the load phase's image, pixels a side (as `plan --image-size`); default: a spot-check image.",
+    ),
     spot_check_limit: int = typer.Option(
         _default(SmokeConfig, "spot_check_limit"), help="Spot-check records to ask (0: all)."
     ),
@@ -113,6 +122,7 @@ def smoke_command(
         requests=requests,
         concurrency=concurrency,
         max_tokens=max_tokens,
+        image_size=image_size,
         spot_check_limit=spot_check_limit or None,
         spot_check_max_tokens=spot_check_max_tokens,
         data=data,

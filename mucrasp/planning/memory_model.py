@@ -76,3 +76,15 @@ def estimate_memory(
         activation_bytes=activation_bytes(shape, workload, dtype),
         reserve_bytes=profile.runtime_reserve_gb * 1e9 * profile.gpu_count,
     )
+
+
+def checkpoint_weight_bytes(model_dir, dtype: str, weights: str | None = None) -> float:
+    """The planner's weight bytes for a checkpoint folder as it stands (its own, possibly pruned, widths;
+    ratio 0 on them) served at `dtype`, its projections in `weights` (None: unquantized). This is the
+    figure to hold against what a server allocated (bench/serve.py, tests/test_quantized_exports.py)."""
+    from mucrasp.model_loading import read_model_config
+    from mucrasp.planning.model_shape import model_shape
+
+    config, adapter = read_model_config(model_dir)
+    shape = model_shape(config, adapter)
+    return shape.vision_params * DTYPE_BYTES[dtype] + text_weight_bytes(shape, 0.0, dtype, weights)
