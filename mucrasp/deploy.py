@@ -476,8 +476,11 @@ def smoke_summary(data: dict[str, Any], backend: str, spot_note: str = "") -> st
         parts.append(f"concurrency {conc['served']} of planned {conc['planned']}")
     ttft = p.get("ttft_s") or {}
     if ttft.get("measured_p50") is not None:
-        at = f" at {ttft['image_size']['served']} px" if ttft.get("image_size", {}).get("served") else ""
-        parts.append(f"TTFT p50 {ttft['measured_p50']:.3g} s{at} (planned {planned(ttft.get('planned'), ' s')})")
+        sizes = ttft.get("image_size", {})
+        at = f" at {sizes['served']} px" if sizes.get("served") else ""
+        assumed = "" if sizes.get("planned") or not sizes.get("served") else ", for no image: plan with --image-size"
+        plan_ttft = planned(ttft.get("planned"), " s")
+        parts.append(f"TTFT p50 {ttft['measured_p50']:.3g} s{at} (planned {plan_ttft}{assumed})")
     spot_text = f"spot-check {spot['kind']} {spot['score']:.2f}" if "score" in spot else "no spot-check"
     parts.append(f"{spot_text} ({spot_note})" if spot_note else spot_text)
     summary = ", ".join(parts)

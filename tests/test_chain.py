@@ -214,6 +214,7 @@ def test_chain_smoke_follows_the_plan_and_the_card_carries_the_measurements(tmp_
     assert pvm["ttft_s"]["measured_p50"] > 0 and pvm["ttft_s"]["image_size"] == {"planned": 96, "served": 96}
     assert saved["smoke"]["load"]["image_size"] == 96  # the image sent, read back from the file
     assert "TTFT p50" in steps["smoke"]["detail"] and "at 96 px" in steps["smoke"]["detail"]
+    assert "for no image" not in steps["smoke"]["detail"]  # the plan had this image size
     assert {c["metric"]: c["passed"] for c in saved["smoke"]["checks"]}["tokens_per_s"] is False
 
     # The card: written once, after the smoke test and the eval, with their numbers.
