@@ -301,15 +301,15 @@ def check_image_size(config, image_size: int) -> None:
 
 
 def nearest_image_size(model_dir: str | Path, image_size: int | None) -> int | None:
-    """A workload's image size as the vision graph can take it: the nearest whole number of merged patches,
-    as the planner counts its tokens (`ModelShape.image_patches`). None for a text model or no size."""
+    """A workload's image size as the vision graph can take it: the side the planner counts its tokens at
+    (`ModelShape.image_side`, whole merged patches). None for a text model or no size."""
     from mucrasp.model_loading import read_model_config
+    from mucrasp.planning.model_shape import model_shape
 
     config, adapter = read_model_config(model_dir)
     if image_size is None or not adapter.is_vision_language:
         return None
-    unit = _image_unit(config)
-    return max(unit, round(image_size / unit) * unit)
+    return model_shape(config, adapter).image_side(image_size)
 
 
 def vision_grid(config, folder: Path, image_size: int | None) -> tuple[int, int, int]:

@@ -81,7 +81,7 @@ def estimate_memory(
 def checkpoint_weight_bytes(model_dir, dtype: str, weights: str | None = None) -> float:
     """The planner's weight bytes for a checkpoint folder as it stands (its own, possibly pruned, widths;
     ratio 0 on them) served at `dtype`, its projections in `weights` (None: unquantized). This is the
-    figure to hold against what a server allocated (bench/serve.py, tests/test_quantized_exports.py)."""
+    figure to hold against what a server allocated (bench/serve.py, against vLLM's `Model loading took`)."""
     from mucrasp.model_loading import read_model_config
     from mucrasp.planning.model_shape import model_shape
 

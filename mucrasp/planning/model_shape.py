@@ -59,12 +59,15 @@ class ModelShape:
         head = self.lm_head_params or self.embedding_params
         return head + self.decoder_fixed_params + round(self.prunable_params * (1 - ratio))
 
-    def image_patches(self, image_size: int) -> int:
-        """Patches of one square image of `image_size` pixels a side, resized to a multiple of
-        patch × merge as Qwen's `smart_resize` does (its min/max pixel clamps are not applied)."""
+    def image_side(self, image_size: int) -> int:
+        """The side one square image of `image_size` pixels is resized to: a multiple of patch × merge,
+        as Qwen's `smart_resize` does (its min/max pixel clamps are not applied)."""
         factor = self.patch_size * self.merge_size
-        side = max(factor, round(image_size / factor) * factor)
-        return (side // self.patch_size) ** 2
+        return max(factor, round(image_size / factor) * factor)
+
+    def image_patches(self, image_size: int) -> int:
+        """Patches of one square image of `image_size` pixels a side (resized as `image_side` says)."""
+        return (self.image_side(image_size) // self.patch_size) ** 2
 
     def image_tokens(self, image_size: int) -> int:
         """Tokens one image adds to the prompt (and the KV cache): its patches after the merger."""
