@@ -36,6 +36,7 @@ import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from mucrasp.atomic_io import write_json_atomic, write_text_atomic
 from mucrasp.calibration.self_calibration import SelfCalibrationConfig
 from mucrasp.checkpoint import MANIFEST_NAME, load_pruned
+from mucrasp.devices import SHORT_NAMES
 from mucrasp.model_loading import read_model_config
 from mucrasp.params import count_parameters
 from mucrasp.serve import SmokeConfig, run_smoke
@@ -62,9 +63,6 @@ def decode_params(folder: Path) -> tuple[int, int]:
 
 
 UNQUANTIZED = {"onnx": "fp32", "vllm": "bf16", "transformers": "fp32"}
-# What the unquantized tensors run in on this CPU (smoke's --dtype auto): fp32, except vLLM's int8 exports on
-# an AMX host, served in bf16 (its int8 GEMM takes bf16 activations); the vLLM rows report theirs.
-TORCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def decode_bytes(params: tuple[int, int], backend: str, weights: str, dtype: str = "fp32") -> float:
@@ -170,8 +168,11 @@ def bench(args) -> list[dict]:
         source = model_source(name)
         work = Path(args.work) / name
         fresh_work_dir(work, source, args.method, args.align)
+        from mucrasp.scoring import get_method
         from mucrasp.serve import write_spot_check
 
+        needs_traces = name != "demo" or get_method(args.method).needs_calibration
+        made = self_calibration(source, work) if needs_traces else None
         if name == "demo":
             from mucrasp.calibration.records import load_records
             from mucrasp.demo.bundled import ensure_demo_data
@@ -181,14 +182,11 @@ def bench(args) -> list[dict]:
         else:
             from mucrasp.calibration.records import load_records
 
-            made = self_calibration(source, work)
             records = load_records(made.spot_check, args.spot_check)
             spot = lambda folder: write_spot_check(  # noqa: E731
                 folder, records, "agreement", "the dense model's greedy answers to held-out self-calibration prompts"
             )
-        from mucrasp.scoring import get_method
-
-        calibration = self_calibration(source, work).calibration if get_method(args.method).needs_calibration else None
+        calibration = made.calibration if get_method(args.method).needs_calibration else None
         for ratio in [0.0, *args.ratios]:
             pruned = variant(source, ratio, work, args.method, calibration, args.align)
             params = decode_params(pruned)
@@ -215,7 +213,8 @@ def bench(args) -> list[dict]:
                     )
                 )
                 t, m = report.data["throughput"], report.data["memory"]
-                dtype = TORCH_DTYPES.get(report.data["backend_details"].get("dtype"), "fp32")
+                # fp32 on this CPU, except vLLM's int8 exports on an AMX host (bf16); the vLLM rows report theirs
+                dtype = SHORT_NAMES.get(report.data["backend_details"].get("dtype"), "fp32")
                 read = decode_bytes(params, backend, weights, dtype)
                 rows.append(
                     {
