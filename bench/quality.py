@@ -10,11 +10,14 @@ once per model and is fused/allocated at each ratio ("score once, prune many"). 
 `mucrasp.evaluation` against the dense model's own greedy traces on the test split (never used for
 calibration or tuning); `--eval-split validation` measures on a validation split instead (SmolLM2:
 the second half of its calibration traces), which is where ablations decide the method's defaults.
-Treatments (`--treatments`): `oneshot` (prune only) and `reconstruct` (prune, then refit o_proj and
+Treatments (`--treatments`): `oneshot` (prune only), `reconstruct` (prune, then refit o_proj and
 down_proj layer by layer on the same calibration set, `mucrasp.reconstruction`; `--ridges` sweeps its
-ridge, to be chosen on a validation split). Layouts are each method's default: llm-pruner uses its
-reference allocation (`ratio-per-layer-skip-ends`), wanda-sp `ratio-per-layer`, the others the global
-knapsack; the table's layout column says which.
+ridge, to be chosen on a validation split) and `recover` (reconstruct, then distil the dense model into
+the pruned one for `--recover-steps` steps on the same calibration traces, `mucrasp.recovery.distil`,
+the loop `mucrasp-deploy recover` runs; only for `--recover-methods`, all at the same step budget).
+Layouts are each method's default: llm-pruner uses its reference allocation
+(`ratio-per-layer-skip-ends`), wanda-sp `ratio-per-layer`, the others the global knapsack; the
+table's layout column says which.
 Writes bench/results/quality.{json,md,png}.
 """
 
@@ -25,6 +28,7 @@ import copy
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +36,7 @@ import torch
 import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from mucrasp.atomic_io import write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import CalibrationSource, load_processor
+from mucrasp.calibration.pivots import PivotConfig
 from mucrasp.calibration.records import load_records
 from mucrasp.demo.bundled import bundled_demo_model, ensure_demo_data
 from mucrasp.evaluation.evaluate import EvalConfig, compare, dense_reference
@@ -39,6 +44,7 @@ from mucrasp.model_loading import load_model
 from mucrasp.models.smollm2 import ensure_smollm2_checkpoint
 from mucrasp.pruning import prune_in_memory
 from mucrasp.reconstruction import ReconstructionSettings
+from mucrasp.recovery import RecoverySettings, distil
 from mucrasp.scoring import ScoringContext, available_methods, get_method
 from mucrasp.scoring.mucrasp_method import PAPER_STYLE
 
@@ -129,18 +135,29 @@ def variants(methods: list[str], ablations: bool) -> list[tuple[str, str, dict]]
     return rows
 
 
-def treatments(names: list[str], ridges: list[float]) -> list[tuple[str, ReconstructionSettings | None]]:
-    """(label, reconstruction settings or None for one-shot) per treatment."""
-    out: list[tuple[str, ReconstructionSettings | None]] = []
+@dataclass(frozen=True)
+class Treatment:
+    """What happens to a pruned model before it is measured: reconstruction (or not), then recovery (or not)."""
+
+    label: str
+    reconstruction: ReconstructionSettings | None = None
+    recovery: RecoverySettings | None = None
+
+
+def treatments(names: list[str], ridges: list[float], recovery: RecoverySettings | None = None) -> list[Treatment]:
+    """One Treatment per name (and per ridge for `reconstruct`); `recover` reconstructs with the first ridge."""
+    out: list[Treatment] = []
     for name in names:
         if name == "oneshot":
-            out.append(("oneshot", None))
+            out.append(Treatment("oneshot"))
         elif name == "reconstruct":
             for ridge in ridges:
                 label = "reconstruct" if len(ridges) == 1 else f"reconstruct[ridge={ridge:g}]"
-                out.append((label, ReconstructionSettings(ridge=ridge)))
+                out.append(Treatment(label, ReconstructionSettings(ridge=ridge)))
+        elif name == "recover":
+            out.append(Treatment("recover", ReconstructionSettings(ridge=ridges[0]), recovery or RecoverySettings()))
         else:
-            raise SystemExit(f"unknown treatment {name!r}: oneshot, reconstruct")
+            raise SystemExit(f"unknown treatment {name!r}: oneshot, reconstruct, recover")
     return out
 
 
@@ -149,9 +166,12 @@ def run_model(
     methods: list[tuple[str, str, dict]],
     ratios: list[float],
     on_row=lambda rows: None,
-    treatment_list: list[tuple[str, ReconstructionSettings | None]] = (("oneshot", None),),
+    treatment_list: list[Treatment] = (Treatment("oneshot"),),
+    recover_methods: set[str] | None = None,
 ) -> list[dict]:
-    """All rows for one model; `on_row` sees the rows so far after each one (for partial results)."""
+    """All rows for one model; `on_row` sees the rows so far after each one (for partial results).
+
+    The `recover` treatment runs only for methods in `recover_methods` (None: every method)."""
     loaded = load_model(setup["model"])
     dense, adapter = loaded.model, loaded.adapter
     vision = adapter.is_vision_language
@@ -181,6 +201,7 @@ def run_model(
     on_row(rows)
     calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]), setup["calib_samples"])
     scored: dict[tuple, tuple] = {}
+    recovery_batches = None
     for label, method, options in methods:
         scoring_options = {k: v for k, v in options.items() if k in SCORING_TIME_OPTIONS}
         key = (method, tuple(sorted(scoring_options.items())))
@@ -190,7 +211,9 @@ def run_model(
             scored[key] = (get_method(method).components(dense, adapter, context), time.perf_counter() - started)
         components, score_seconds = scored[key]
         for ratio in ratios:
-            for treatment, settings in treatment_list:
+            for treatment in treatment_list:
+                if treatment.recovery is not None and recover_methods is not None and label not in recover_methods:
+                    continue
                 pruned = copy.deepcopy(dense)
                 started = time.perf_counter()
                 outcome = prune_in_memory(
@@ -201,25 +224,41 @@ def run_model(
                     calibration=calibration,
                     scores=components,
                     method_options=options,
-                    reconstruct=settings if settings is not None else False,
+                    reconstruct=treatment.reconstruction or False,
                 )
                 prune_seconds = time.perf_counter() - started
+                recovered = {}
+                if treatment.recovery is not None:
+                    if recovery_batches is None:
+                        recovery_batches = calibration.batches(dense.config, PivotConfig(), vision)
+                    started = time.perf_counter()
+                    result = distil(pruned, dense, recovery_batches, treatment.recovery, adapter=adapter)
+                    recovered = {
+                        "recover_steps": treatment.recovery.steps,
+                        "recover_seconds": round(time.perf_counter() - started, 1),
+                        "recover_loss_first": round(result.losses[0], 4),
+                        "recover_loss_last": round(result.losses[-1], 4),
+                    }
+                    log(
+                        f"{label} {ratio}: {len(result.losses)} distillation steps, {result.seconds_per_step:.1f}s/step"
+                    )
                 metrics = compare(dense, pruned, processor, reference, vision, config)
                 rows.append(
                     {
                         "model": setup["name"],
                         "method": label,
-                        "treatment": treatment,
+                        "treatment": treatment.label,
                         "ratio": ratio,
                         "layout": outcome.layout,
                         "ratio_achieved": round(outcome.ratio_achieved, 4),
                         "score_seconds": round(score_seconds, 1),
                         "prune_seconds": round(prune_seconds, 1),
+                        **recovered,
                         **metrics,
                     }
                 )
                 log(
-                    f"{setup['name']} {label} {treatment} {ratio}: "
+                    f"{setup['name']} {label} {treatment.label} {ratio}: "
                     + ", ".join(
                         f"{k}={rows[-1][k]:.4f}"
                         for k in ("accuracy", "agreement", "cot_kl", "pivot_kl")
@@ -313,7 +352,17 @@ def main(argv: list[str] | None = None) -> int:
         help="where to measure: validation (demo VLM: its own split; SmolLM2: the second half "
         "of its calibration traces, needs --calib-samples) is for choosing defaults",
     )
-    parser.add_argument("--treatments", default="oneshot,reconstruct", help="oneshot, reconstruct (comma list)")
+    parser.add_argument(
+        "--treatments", default="oneshot,reconstruct", help="oneshot, reconstruct, recover (comma list)"
+    )
+    parser.add_argument(
+        "--recover-methods",
+        default="mucrasp,taylor,wanda-sp",
+        help="methods that get the recover treatment (comma list; all at the same step budget)",
+    )
+    parser.add_argument("--recover-steps", type=int, default=RecoverySettings().steps)
+    parser.add_argument("--recover-lr", type=float, default=RecoverySettings().lr)
+    parser.add_argument("--recover-batch-size", type=int, default=RecoverySettings().batch_size)
     parser.add_argument(
         "--ridges",
         default=str(ReconstructionSettings().ridge),
@@ -347,8 +396,11 @@ def main(argv: list[str] | None = None) -> int:
                 partial, markdown(done + model_rows, f"PARTIAL: rows so far of `{command}`, {machine}.")
             ),
             treatment_list=treatments(
-                [t for t in args.treatments.split(",") if t], [float(r) for r in args.ridges.split(",")]
+                [t for t in args.treatments.split(",") if t],
+                [float(r) for r in args.ridges.split(",")],
+                RecoverySettings(steps=args.recover_steps, lr=args.recover_lr, batch_size=args.recover_batch_size),
             ),
+            recover_methods={m for m in args.recover_methods.split(",") if m},
         )
     header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{command}`)."
     write_json_atomic(out.with_suffix(".json"), {"header": header, "rows": rows})

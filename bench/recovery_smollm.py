@@ -1,144 +1,197 @@
-"""Recovery of SmolLM2-135M pruned at 0.3: time per distillation step on this machine, and what it buys.
+"""Recovery of SmolLM2-135M after pruning: held-out CoT KL against distillation steps, per learning rate.
 
-Pipeline (every stage through the library the CLI calls):
-1. self-calibration: the dense model's greedy answers to the bundled word problems (calibration part),
-   calibration and spot-check prompts disjoint (`mucrasp.calibration.self_calibration`);
-2. `--method` (default mucrasp) scoring and pruning at `--ratio` on those calibration traces;
-3. `recover` for `--steps` steps (full-parameter unless `--lora-rank`), timed per step;
-4. the pruned and the recovered model against the dense one on the held-out spot-check
-   traces: teacher-forced CoT KL against the dense model, side by side in one run.
+    .venv/bin/python bench/recovery_smollm.py --ratio 0.3 --calib-samples 64 --lrs 1e-5,3e-5,1e-4 \
+        --steps 64 --eval-every 16 --out bench/results/recovery-smollm
 
-    flock -s /tmp/mucrasp-heavy.lock .venv/bin/python bench/recovery_smollm.py --steps 20 \
-        --out bench/results/recovery-smollm
+Pipeline, on the same traces and split as `bench/quality.py --eval-split validation`:
+1. calibration: the first `--calib-samples` of SmolLM2's calibration traces (the dense model's greedy
+   answers, `build/data/smollm/calibration.jsonl`); validation: the second half of that file, which
+   never calibrates. The test part is not read.
+2. `--method` scores and prunes at `--ratio`, then `--reconstruct` (on by default) refits o_proj and
+   down_proj, all in memory (`mucrasp.pruning.prune_in_memory`).
+3. For each learning rate, a copy of that pruned model is distilled from the dense one
+   (`mucrasp.recovery.distil`, the loop `mucrasp-deploy recover` runs), and every `--eval-every`
+   steps its teacher-forced CoT KL(dense || model) on the validation traces is measured: a learning
+   curve per rate, side by side in one run, plus the seconds per step.
 
-The spot-check prompts are not a test split: they come from the word problems' calibration part (held
-out from the calibration traces by the seeded split), so nothing here tunes on the test part.
+This is where recovery's defaults (steps, lr) are chosen: on validation, never on the test part.
+Writes `<out>.{md,json,png}`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import copy
 import platform
 import sys
 import time
 from pathlib import Path
 
+import torch
 
-def main() -> None:
+import mucrasp  # noqa: F401  (CPU-torch workarounds first)
+from mucrasp.atomic_io import write_json_atomic, write_text_atomic
+from mucrasp.calibration.batches import CalibrationSource
+from mucrasp.calibration.pivots import PivotConfig
+from mucrasp.model_loading import load_model
+from mucrasp.models.smollm2 import ensure_smollm2_checkpoint
+from mucrasp.pruning import prune_in_memory
+from mucrasp.recovery import RecoverySettings, distil, mean_distillation_loss
+from mucrasp.validation import field_default
+
+sys.path.insert(0, str(Path(__file__).parent))
+from quality import smollm_validation_split  # noqa: E402  (the same validation split as the quality bench)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def learning_curve(pruned, dense, train, validation, settings: RecoverySettings, every: int) -> dict:
+    """Distil a copy of `pruned`; the validation KL at step 0 and every `every` steps, and the time per step."""
+    student = copy.deepcopy(pruned)
+    curve = [(0, mean_distillation_loss(student, dense, validation))]
+    evaluation_seconds = 0.0
+
+    def on_loss(step: int, loss: float) -> None:
+        nonlocal evaluation_seconds
+        if step % every == 0 or step == settings.steps:
+            started = time.perf_counter()
+            curve.append((step, mean_distillation_loss(student, dense, validation)))
+            evaluation_seconds += time.perf_counter() - started
+            log(f"  lr {settings.lr:g} step {step}: train loss {loss:.4f}, validation KL {curve[-1][1]:.4f}")
+
+    started = time.perf_counter()
+    result = distil(student, dense, train, settings, on_loss=on_loss)
+    training_seconds = time.perf_counter() - started - evaluation_seconds
+    return {
+        "lr": settings.lr,
+        "curve": [{"step": s, "validation_kl": round(kl, 5)} for s, kl in curve],
+        "train_losses": [round(v, 5) for v in result.losses],
+        "seconds_per_step": round(training_seconds / settings.steps, 3),
+    }
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, run in enumerate(payload["runs"]):
+        steps = [p["step"] for p in run["curve"]]
+        ax.plot(steps, [p["validation_kl"] for p in run["curve"]], marker="o", color=f"C{i}", label=f"lr {run['lr']:g}")
+    ax.axhline(payload["oneshot_validation_kl"], color="grey", linestyle=":", label="one-shot (no reconstruction)")
+    ax.set(
+        title=f"SmolLM2-135M, {payload['method']} at {payload['ratio']:g}: recovery on validation traces",
+        xlabel=f"distillation steps ({payload['batch_size']} traces each)",
+        ylabel="CoT KL(dense || model), nats/token",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    tmp.replace(path)
+
+
+def markdown(payload: dict) -> str:
+    steps = [p["step"] for p in payload["runs"][0]["curve"]]
+    lines = [
+        f"# Recovery of SmolLM2-135M: {payload['method']} at {payload['ratio']:g}, validation traces",
+        "",
+        f"{payload['date']}, {payload['machine']}; `{payload['command']}`",
+        "",
+        f"- calibration: the first {payload['calibration_samples']} calibration traces; validation: the "
+        f"{payload['validation_samples']} traces of the calibration file's second half (never calibrated on)",
+        f"- pruning: {payload['method']} at {payload['ratio']:g}, "
+        + ("then reconstruction" if payload["reconstruct"] else "no reconstruction")
+        + f"; scoring+pruning {payload['prune_seconds']:.0f} s",
+        f"- recovery: full-parameter distillation (T {payload['temperature']:g}), {payload['batch_size']} "
+        "traces per step; validation KL of the one-shot model (no reconstruction) "
+        f"{payload['oneshot_validation_kl']:.4f}",
+        "",
+        "Validation CoT KL(dense || model) per response token, by distillation step:",
+        "",
+        "| lr | s/step | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
+    ]
+    for run in payload["runs"]:
+        values = " | ".join(f"{p['validation_kl']:.4f}" for p in run["curve"])
+        lines.append(f"| {run['lr']:g} | {run['seconds_per_step']:.2f} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratio", type=float, default=0.3)
-    parser.add_argument("--method", default="mucrasp", help="scoring method of the pruning stage")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--lora-rank", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--calib-samples", type=int, default=None, help="self-calibration prompts; default: its own")
-    parser.add_argument("--spot-check", type=int, default=None, help="held-out prompts; default: self-calibration's")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="trace length; default: self-calibration's")
-    parser.add_argument("--work", default="build/bench/recovery-smollm")
+    parser.add_argument("--method", default="mucrasp")
+    parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--validation-items", type=int, default=None, help="first N validation traces (default all)")
+    parser.add_argument("--no-reconstruct", action="store_true")
+    parser.add_argument("--lrs", default="1e-5,3e-5,1e-4")
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=field_default(RecoverySettings, "batch_size"))
+    parser.add_argument("--smollm-traces", default="build/data/smollm")
     parser.add_argument("--out", default="bench/results/recovery-smollm")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
 
-    from mucrasp.calibration import PivotConfig, build_batches, load_processor, load_records
-    from mucrasp.calibration.self_calibration import SelfCalibrationConfig, self_calibrate
-    from mucrasp.checkpoint import load_pruned
-    from mucrasp.models.smollm2 import ensure_smollm2_checkpoint
-    from mucrasp.pruning import PruneConfig, prune
-    from mucrasp.recovery import RecoverConfig, RecoverySettings, mean_distillation_loss, recover
-    from mucrasp.validation import field_default
+    model_dir = ensure_smollm2_checkpoint()
+    traces = Path(args.smollm_traces)
+    if not (traces / "calibration.jsonl").is_file():
+        from mucrasp.demo.text_traces import write_text_traces
 
-    def log(description: str, done: int, total: int) -> None:
-        print(f"  {description}: {done}/{total}", flush=True)
-
-    work = Path(args.work)
-    timings = {}
-    dense = ensure_smollm2_checkpoint()
-    start = time.perf_counter()
-    sizes = {"samples": args.calib_samples, "spot_check": args.spot_check, "max_new_tokens": args.max_new_tokens}
-    made = self_calibrate(
-        dense,
-        cache_dir=work / "cache",
-        settings=SelfCalibrationConfig(**{k: v for k, v in sizes.items() if v is not None}),
-        progress=log,
+        write_text_traces(model_dir, traces)
+    validation_file = smollm_validation_split(traces / "calibration.jsonl", args.calib_samples)
+    loaded = load_model(model_dir)
+    dense, adapter = loaded.model, loaded.adapter
+    calibration = CalibrationSource(traces / "calibration.jsonl", model_dir, args.calib_samples)
+    train = calibration.batches(dense.config, PivotConfig(), vision=False)
+    validation = CalibrationSource(validation_file, model_dir, args.validation_items).batches(
+        dense.config, PivotConfig(), vision=False
     )
-    timings["self_calibration_s"] = time.perf_counter() - start
-    print(made.describe(), flush=True)
 
-    pruned = work / f"{args.method}-{args.ratio:g}"
-    start = time.perf_counter()
-    prune(
-        PruneConfig(
-            model=dense, out=pruned, ratio=args.ratio, method=args.method, calibration=made.calibration, overwrite=True
-        ),
-        progress=log,
+    oneshot = copy.deepcopy(dense)
+    prune_in_memory(oneshot, adapter, args.ratio, method=args.method, calibration=calibration)
+    oneshot_kl = mean_distillation_loss(oneshot, dense, validation)
+    del oneshot
+    log(f"one-shot {args.method} {args.ratio}: validation KL {oneshot_kl:.4f}")
+    pruned = copy.deepcopy(dense)
+    started = time.perf_counter()
+    prune_in_memory(
+        pruned, adapter, args.ratio, method=args.method, calibration=calibration, reconstruct=not args.no_reconstruct
     )
-    timings["score_and_prune_s"] = time.perf_counter() - start
-
-    recovered = work / f"{args.method}-{args.ratio:g}-recovered"
-    settings = {"steps": args.steps, "lora_rank": args.lora_rank}
-    if args.lr is not None:
-        settings["lr"] = args.lr
-    if args.batch_size is not None:
-        settings["batch_size"] = args.batch_size
-    start = time.perf_counter()
-    report = recover(
-        RecoverConfig(
-            pruned=pruned, dense=dense, out=recovered, calibration=made.calibration, overwrite=True, **settings
-        ),
-        progress=lambda d, n, t: None,
-        on_loss=lambda step, loss: print(f"  step {step}: loss {loss:.4f}", flush=True),
-    )
-    timings["recover_total_s"] = time.perf_counter() - start
-    r = report.result
-
-    # Held-out: teacher-forced KL(dense || model) on the spot-check traces (generation-free, so cheap here;
-    # agreement of generated answers is `mucrasp-deploy eval`'s and is not measured by this script).
-    teacher = load_pruned(dense)
-    spot = build_batches(
-        load_records(made.spot_check), load_processor(dense, False), teacher.config, PivotConfig(), vision=False
-    )
-    quality = {}
-    for name, model in (("pruned", pruned), ("recovered", recovered)):
-        quality[name] = {"cot_kl": mean_distillation_loss(load_pruned(model), teacher, spot), "items": len(spot)}
-        print(name, quality[name], flush=True)
-
-    batch = settings.get("batch_size", field_default(RecoverySettings, "batch_size"))
+    prune_seconds = time.perf_counter() - started
+    runs = []
+    for lr in [float(v) for v in args.lrs.split(",") if v]:
+        settings = RecoverySettings(steps=args.steps, lr=lr, batch_size=args.batch_size)
+        runs.append(learning_curve(pruned, dense, train, validation, settings, args.eval_every))
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, CPU only (torch fp32)",
-        "model": "SmolLM2-135M-Instruct",
-        "ratio": args.ratio,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32",
+        "command": " ".join(["bench/recovery_smollm.py", *sys.argv[1:]]),
         "method": args.method,
-        "self_calibration": made.info,
-        "recovery": {k: v for k, v in report.manifest["recovery"].items() if k != "earlier"},
-        "seconds_per_step": r.seconds_per_step,
-        "samples_per_step": batch,
-        "steps_in_20_min": int(20 * 60 // r.seconds_per_step),
-        "timings": timings,
-        "spot_check_quality": quality,
+        "ratio": args.ratio,
+        "reconstruct": not args.no_reconstruct,
+        "calibration_samples": len(train),
+        "validation_samples": len(validation),
+        "batch_size": args.batch_size,
+        "temperature": field_default(RecoverySettings, "temperature"),
+        "oneshot_validation_kl": round(oneshot_kl, 5),
+        "prune_seconds": round(prune_seconds, 1),
+        "runs": runs,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
-    rows = "\n".join(f"| {name} | {q['cot_kl']:.4f} |" for name, q in quality.items())
-    out.with_suffix(".md").write_text(
-        f"# Recovery of SmolLM2-135M pruned by {args.method} at {args.ratio:g}\n\n"
-        f"{payload['date']}, {payload['machine']}\n\n"
-        f"`{' '.join(['bench/recovery_smollm.py', *sys.argv[1:]])}`\n\n"
-        f"- calibration: {made.info['calibration_samples']} self-calibration traces (up to "
-        f"{made.info['max_new_tokens']} tokens), spot-check {made.info['spot_check_samples']} disjoint prompts\n"
-        f"- {report.manifest['recovery']['training']}, {args.steps} steps of {batch} samples, "
-        f"lr {report.manifest['recovery']['lr']}, T {report.manifest['recovery']['temperature']}\n"
-        f"- **{r.seconds_per_step:.2f} s per step**: {payload['steps_in_20_min']} steps fit in 20 minutes\n"
-        f"- distillation loss (train batches): step 1 {r.losses[0]:.4f}, step {len(r.losses)} {r.losses[-1]:.4f}\n"
-        f"- self-calibration {timings['self_calibration_s']:.0f} s, "
-        f"scoring+pruning {timings['score_and_prune_s']:.0f} s\n\n"
-        f"Held-out spot-check traces ({len(spot)}): teacher-forced KL(dense || model) per response token:\n\n"
-        "| model | CoT KL |\n|---|---|\n" + rows + "\n"
-    )
-    print(out.with_suffix(".md").read_text())
+    write_json_atomic(out.with_suffix(".json"), payload)
+    write_text_atomic(out.with_suffix(".md"), markdown(payload))
+    plot(payload, out.with_suffix(".png"))
+    print(markdown(payload))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -83,8 +83,9 @@ class DeployConfig(JobConfig):
     eval_max_new_tokens: int = Field(96, ge=1)
     # Distil the dense model into the pruned one for this many steps after pruning (mucrasp.recovery); 0: none.
     recover_steps: int = Field(0, ge=0)
-    # Refit o_proj/down_proj on the calibration set after slicing (mucrasp.reconstruction); needs calibration.
-    reconstruct: bool = False
+    # Refit o_proj/down_proj on the calibration set after slicing (mucrasp.reconstruction). None: whenever the
+    # chain has calibration data (--calib, or the self-calibration a data-driven method makes).
+    reconstruct: bool | None = None
     # No --calib for a --model: sizes of the set the dense model writes itself (calibration.self_calibration).
     self_calibration: SelfCalibrationConfig = Field(default_factory=SelfCalibrationConfig)
     # Where scoring, pruning and eval run (mucrasp.devices). The dtype is `workload.dtype`, with one meaning:
@@ -185,7 +186,7 @@ def self_calibration_step(ctx: DeployContext) -> None:
     from mucrasp.scoring import get_method
 
     c = ctx.config
-    needed = ctx.ratio != 0 and (get_method(c.method).needs_calibration or c.recover_steps > 0 or c.reconstruct)
+    needed = ctx.ratio != 0 and (get_method(c.method).needs_calibration or c.recover_steps > 0 or bool(c.reconstruct))
     if ctx.calibration is not None or not needed:
         return
     from mucrasp.calibration.self_calibration import self_calibrate
@@ -257,7 +258,7 @@ def prune_step(ctx: DeployContext) -> None:
             ratio=ctx.ratio,
             method=ctx.method,
             scores=ctx.scores,
-            calibration=ctx.calibration if ctx.config.reconstruct else None,  # scores come from the cache
+            calibration=ctx.calibration,  # the scores come from the cache: only reconstruction reads it
             reconstruct=ctx.config.reconstruct,
             max_seq_len=ctx.config.max_seq_len,
             tp=ctx.profile.gpu_count,  # kept KV groups divide by the --tensor-parallel-size the smoke test uses

@@ -54,7 +54,11 @@ class PruneConfig(AllocationSettings):
     # allows it, i.e. it changes nothing around slicing); False: load it, slice in memory.
     stream: bool | None = None
     # Refit o_proj/down_proj layer by layer on the calibration data after slicing (mucrasp.reconstruction).
-    reconstruct: bool = False
+    # None: whenever there is calibration data (--calib); it won on the validation splits (README, issue 17).
+    reconstruct: bool | None = None
+
+    def reconstructs(self) -> bool:
+        return self.reconstruct if self.reconstruct is not None else self.calibration is not None
 
     def allocation_settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in AllocationSettings.model_fields}
@@ -215,8 +219,8 @@ def _streams(config: PruneConfig, scores: ScoreComponents | None) -> bool:
         if scores is None
         else f"method {config.method!r} changes the model around slicing"
         if _changes_slicing(config.method or "magnitude")
-        else "--reconstruct refits the model after slicing"
-        if config.reconstruct
+        else "--reconstruct refits the model after slicing (--no-reconstruct to stream)"
+        if config.reconstructs()
         else None
     )
     if config.stream and why_not:
@@ -326,7 +330,7 @@ def prune_loaded(
         method_options=config.method_options,
         progress=progress,
         scores=scores,
-        reconstruct=config.reconstruct,
+        reconstruct=config.reconstructs(),
         **config.allocation_settings(),
     )
     progress("saving checkpoint", 0, 1)

@@ -170,48 +170,20 @@ def _load(fn):
         ) from None
 
 
-def _cot_kl(pruned, config: SmokeConfig, records, vision: bool, device: str) -> float:
-    """Mean KL(dense || served) per chain-of-thought token, teacher-forced on the spot-check responses."""
+def _cot_kl(pruned, config: SmokeConfig, records, vision: bool, device: str, dtype=None) -> float:
+    """Mean KL(dense || served) per chain-of-thought token, teacher-forced on the spot-check responses.
+    `pruned` is a torch model, or an ONNX export's `OnnxCausalLM` (then the dense model runs in `dtype`)."""
     from mucrasp.calibration import PivotConfig, build_batches, load_processor
     from mucrasp.checkpoint import load_pruned
     from mucrasp.evaluation.metrics import DivergenceTotals, accumulate_divergence
 
-    dense = load_pruned(config.dense, dtype=next(pruned.parameters()).dtype).to(device)
+    dense = load_pruned(config.dense, dtype=dtype or next(pruned.parameters()).dtype).to(device)
     processor = load_processor(config.dense, vision)
     totals = DivergenceTotals()
     for batch in build_batches(list(records), processor, dense.config, PivotConfig(), vision):
         batch.inputs = {k: v.to(device) for k, v in batch.inputs.items()}
         accumulate_divergence(dense, pruned, batch, totals)
     return totals.as_metrics()["cot_kl"]
-
-
-def _onnx_cot_kl(generator, config: SmokeConfig, records, vision: bool) -> float:
-    """`_cot_kl` for an ONNX export: the served logits are the graphs' prompt pass over the dense trace
-    (teacher-forced: one decoder call on prompt + response), against the dense transformers model's."""
-    import torch
-    import torch.nn.functional as F
-
-    from mucrasp.calibration import PivotConfig, build_batches, load_processor
-    from mucrasp.checkpoint import load_pruned
-
-    dense = load_pruned(config.dense, dtype=torch.float32)
-    processor = load_processor(config.dense, vision)
-    kl_sum, tokens = 0.0, 0
-    for batch in build_batches(list(records), processor, dense.config, PivotConfig(), vision):
-        targets = batch.response_mask[1:]
-        with torch.no_grad():
-            dense_logp = F.log_softmax(dense(**batch.inputs).logits[0, :-1].double(), dim=-1)[targets]
-        served = generator.generate(
-            batch.input_ids[0].numpy(),
-            pixel_values=_np(batch.inputs.get("pixel_values")),
-            image_grid_thw=_np(batch.inputs.get("image_grid_thw")),
-            max_new_tokens=1,
-            stop_at_eos=False,
-        ).prompt_logits
-        served_logp = F.log_softmax(torch.from_numpy(served[:-1]).double(), dim=-1)[targets]
-        kl_sum += float((dense_logp.exp() * (dense_logp - served_logp)).sum())
-        tokens += int(targets.sum())
-    return kl_sum / max(tokens, 1)
 
 
 # ---- ONNX Runtime -------------------------------------------------------------------------------------
@@ -274,7 +246,15 @@ def run_onnx(
         spot_texts = [r.text for r in _timed(one, spot).results]
     peak_bytes = peak.bytes  # measured before the KL pass, which loads the dense model too: not serving memory
     generator.step = step
-    cot_kl = _onnx_cot_kl(generator, config, spot_records, vision) if config.dense and spot_records else None
+    cot_kl = None
+    if config.dense and spot_records:
+        import torch
+
+        from mucrasp.export.onnx_causal_lm import OnnxCausalLM
+        from mucrasp.model_loading import read_model_config
+
+        served = OnnxCausalLM(generator, read_model_config(config.dense)[0])
+        cot_kl = _cot_kl(served, config, spot_records, vision, "cpu", dtype=torch.float32)
     details = {"providers": providers, "dtype": manifest["dtype"], "weights": manifest.get("weights", {}).get("format")}
     if image_size:  # the vision graph was traced at one grid: every image is resized to it
         details["image_size"] = image_size

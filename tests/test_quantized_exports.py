@@ -133,6 +133,27 @@ def test_int4_export_runs_in_onnxruntime_genai(exports, greedy):
     assert tokens[: len(ours)] == ours[: len(tokens)]
 
 
+def test_eval_measures_quantized_onnx_exports_against_the_dense_model(exports, tmp_path):
+    """`eval` on an export runs it in ONNX Runtime: the fp32 graphs reproduce the dense model, int4 drifts a little."""
+    from mucrasp.demo.dataset import write_split
+    from mucrasp.evaluation.evaluate import EvalConfig, evaluate
+
+    dense, folders = exports
+    data = write_split("validation", tmp_path / "data", n=6)
+    reports = {
+        weights: evaluate(EvalConfig(pruned=folders[weights], dense=dense, data=data, max_new_tokens=NEW_TOKENS))
+        for weights in ("fp32", "int4")
+    }
+    fp32, int4 = reports["fp32"], reports["int4"]
+    print({w: (r["cot_kl"], r["agreement"]) for w, r in reports.items()})
+    assert fp32["runtime"] == int4["runtime"] == "onnxruntime"
+    assert (fp32["weights"], int4["weights"]) == ("fp32", "int4")
+    assert fp32["items"] == int4["items"] == 6 and fp32["cot_tokens"] > 100
+    assert fp32["cot_kl"] < 1e-4  # the same function as the dense model, up to float rounding
+    assert int4["cot_kl"] > 10 * fp32["cot_kl"]  # 4-bit weights do change the logits
+    assert fp32["agreement"] == 1.0 and int4["agreement"] >= 5 / 6
+
+
 # ---- vLLM: a W8A8 compressed-tensors export served by the real vLLM CPU engine (one engine start) ------
 VLLM_PROMPTS = [[1, 5, 9, 33, 2, 7, 300, 41], [1, 400, 3, 77, 81, 9, 9, 12, 13, 14]]
 # Largest |prompt log-prob difference| of the W8A8 export on vLLM against the unquantized model on
@@ -223,3 +244,13 @@ def test_vllm_weight_formats_are_checked(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "error:" in err and "is not one of bf16|w8a8|w4a16|fp8" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_refuses_a_vllm_quantized_export_in_one_line(w8a8, tmp_path):
+    from mucrasp.evaluation.evaluate import EvalConfig, evaluate
+
+    model, result, _ = w8a8
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"image": None, "prompt": "hi", "response": "ok"}) + "\n")
+    with pytest.raises(MucraspError, match="compressed-tensors checkpoint for vLLM.*export onnx"):
+        evaluate(EvalConfig(pruned=result.out, dense=result.out, data=data))

@@ -1,6 +1,7 @@
 """The Typer app that every command module registers on."""
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -68,9 +69,12 @@ def root(
     eval_max_new_tokens: int = typer.Option(
         _default(DeployConfig, "eval_max_new_tokens"), help="Eval: longest generated chain of thought."
     ),
-    reconstruct: bool = typer.Option(
+    reconstruct: Optional[bool] = typer.Option(
         _default(DeployConfig, "reconstruct"),
-        help="Refit o_proj/down_proj on the calibration set after pruning (see `prune --reconstruct`).",
+        "--reconstruct/--no-reconstruct",
+        help="Refit o_proj/down_proj on the calibration set after pruning (see `prune --reconstruct`) "
+        "[default: on whenever the chain has calibration data].",
+        show_default=False,
     ),
     recover_steps: int = typer.Option(
         _default(DeployConfig, "recover_steps"),

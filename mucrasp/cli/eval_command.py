@@ -1,4 +1,4 @@
-"""`mucrasp-deploy eval`: a pruned model against its dense original on held-out data."""
+"""`mucrasp-deploy eval`: a pruned model, or an ONNX export of it, against its dense original on held-out data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from mucrasp.validation import field_default as _default
 
 @app.command("eval")
 def eval_command(
-    pruned: Path = typer.Argument(..., help="Pruned checkpoint folder."),
+    pruned: Path = typer.Argument(
+        ...,
+        help="Pruned (or recovered) checkpoint folder, or an `export onnx` folder (fp32 to int4; run in ONNX Runtime).",
+    ),
     dense: Path = typer.Option(..., "--dense", help="The dense model it was pruned from."),
     data: Path = typer.Option(..., "--data", help="Held-out records (calibration JSONL format)."),
     limit: int = typer.Option(_default(EvalConfig, "limit"), help="Use only the first N records."),
@@ -57,7 +60,17 @@ def eval_command(
     table = Table(title=f"{pruned} against {dense}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("items", "accuracy", "dense_accuracy", "agreement", "cot_kl", "pivot_kl", "perplexity"):
+    for key in (
+        "runtime",
+        "weights",
+        "items",
+        "accuracy",
+        "dense_accuracy",
+        "agreement",
+        "cot_kl",
+        "pivot_kl",
+        "perplexity",
+    ):
         if key in report:
             value = report[key]
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))

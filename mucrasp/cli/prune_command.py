@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -55,9 +55,12 @@ def prune_command(
         _default(PruneConfig, "dtype"),
         help="auto (the checkpoint's, fp32 on a CPU without units for it), bfloat16, float16 or float32.",
     ),
-    reconstruct: bool = typer.Option(
+    reconstruct: Optional[bool] = typer.Option(
         _default(PruneConfig, "reconstruct"),
-        help="Refit o_proj/down_proj layer by layer on --calib so each layer's output matches the dense one.",
+        "--reconstruct/--no-reconstruct",
+        help="Refit o_proj/down_proj layer by layer on --calib so each layer's output matches the dense one "
+        "[default: on whenever --calib is given].",
+        show_default=False,
     ),
 ) -> None:
     """Prune MODEL into a smaller dense checkpoint."""

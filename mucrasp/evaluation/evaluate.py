@@ -4,6 +4,11 @@ Steps: the dense model writes greedy traces for the test prompts (or they are re
 file made earlier); divergence metrics are computed teacher-forced on those traces; the pruned
 model answers greedily, and its answers are compared with the dense ones (agreement) and, for data
 with ground truth such as the demo scenes, with the true answers (accuracy).
+
+The model under test is a torch checkpoint (pruned, recovered) or an `export onnx` folder, fp32 to
+int4, which ONNX Runtime runs (`mucrasp.export.onnx_causal_lm`): the same records and the same
+metrics either way. An export whose vision graph was traced at one image size sees every image
+resized to it, and so does the dense model, like against like.
 """
 
 from __future__ import annotations
@@ -114,7 +119,49 @@ def check_report_path(out: Path | None, overwrite: bool) -> None:
         check_writable(Path(out))  # before the evaluation runs, not after
 
 
+def is_onnx_export(folder: Path) -> bool:
+    from mucrasp.export.onnx_manifest import MANIFEST_NAME
+
+    return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+def _check_torch_loadable(folder: Path) -> None:
+    """A vLLM compressed-tensors export holds int8/fp8/int4 weights only vLLM's kernels run: one clear line."""
+    from mucrasp.checkpoint import read_json_file
+
+    config_file = Path(folder) / "config.json"
+    quantization = read_json_file(config_file).get("quantization_config") if config_file.is_file() else None
+    if quantization:
+        raise MucraspError(
+            f"{folder} is a {quantization.get('quant_method', 'quantized')} checkpoint for vLLM, which eval cannot "
+            "run: evaluate the pruned checkpoint it was exported from, or an ONNX export of it "
+            "(`export onnx --weights int8|int4`), and use `mucrasp-deploy smoke` for the vLLM export's "
+            "tokens/s and spot-check"
+        )
+
+
+def _at_image_size(records: list[CalibrationRecord], size: int | None, folder: Path) -> list[CalibrationRecord]:
+    """`records` with every image resized to `size` pixels a side (copies in `folder`); unchanged for None."""
+    if size is None:
+        return records
+    from PIL import Image
+
+    resized = []
+    for i, record in enumerate(records):
+        if record.image is None:
+            resized.append(record)
+            continue
+        with Image.open(record.image) as image:
+            image = image.convert("RGB")
+        path = folder / f"{i}.png"
+        (image if image.size == (size, size) else image.resize((size, size))).save(path)
+        resized.append(CalibrationRecord(path, record.prompt, record.response, record.where))
+    return resized
+
+
 def evaluate(config: EvalConfig, progress: ProgressCallback = _no_progress) -> dict[str, Any]:
+    import tempfile
+
     from mucrasp.atomic_io import write_json_atomic
     from mucrasp.calibration.batches import load_processor
     from mucrasp.checkpoint import read_json_file
@@ -123,21 +170,38 @@ def evaluate(config: EvalConfig, progress: ProgressCallback = _no_progress) -> d
 
     check_report_path(config.out, config.overwrite)
     resolve_device(config.device)  # `--device cuda` without CUDA: one line before any model loads
+    onnx = is_onnx_export(config.pruned)
+    if not onnx:
+        _check_torch_loadable(config.pruned)
     manifest = Path(config.pruned) / "pruning.json"
     # Read before the models run: a bad file is one line naming it, not a traceback after the evaluation.
     pruning = read_json_file(manifest) if manifest.is_file() else None
     data_records = load_records(config.data, config.limit)
     dense = load_model(config.dense, dtype=config.dtype, device=config.device)
-    first = next(dense.model.parameters())
-    pruned = load_model(config.pruned, dtype=first.dtype, device=first.device)
     vision = dense.adapter.is_vision_language
     processor = load_processor(config.dense, vision)
-    reference = dense_reference(dense.model, processor, data_records, vision, config, progress)
+    runtime: dict[str, Any] = {}
+    compare_config = config
+    if onnx:
+        from mucrasp.export.onnx_causal_lm import OnnxCausalLM
+
+        served = OnnxCausalLM(config.pruned, dense.model.config)
+        runtime = {"runtime": "onnxruntime", "weights": served.weights}
+        if vision:  # OnnxCausalLM answers one prompt with images at a time
+            compare_config = config.model_copy(update={"batch_size": 1})
+    else:
+        first = next(dense.model.parameters())
+        served = load_model(config.pruned, dtype=first.dtype, device=first.device).model
+    with tempfile.TemporaryDirectory(prefix="mucrasp-eval-images-") as images:
+        data_records = _at_image_size(data_records, getattr(served, "image_size", None), Path(images))
+        reference = dense_reference(dense.model, processor, data_records, vision, config, progress)
+        metrics = compare(dense.model, served, processor, reference, vision, compare_config, progress)
     report = {
         "pruned": str(config.pruned),
         "dense": str(config.dense),
         "data": str(config.data),
-        **compare(dense.model, pruned.model, processor, reference, vision, config, progress),
+        **runtime,
+        **metrics,
     }
     if pruning is not None:
         report.update(method=pruning.get("method"), ratio=pruning.get("ratio"))
