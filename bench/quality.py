@@ -12,12 +12,12 @@ calibration or tuning); `--eval-split validation` measures on a validation split
 the second half of its calibration traces), which is where ablations decide the method's defaults.
 Treatments (`--treatments`): `oneshot` (prune only), `reconstruct` (prune, then refit o_proj and
 down_proj layer by layer on the same calibration set, `mucrasp.reconstruction`; `--ridges` sweeps its
-ridge, to be chosen on a validation split) and `recover` (reconstruct, then distil the dense model into
-the pruned one for `--recover-steps` steps on the same calibration traces, `mucrasp.recovery.distil`,
-the loop `mucrasp-deploy recover` runs; only for `--recover-methods`, all at the same step budget).
-Layouts are each method's default: llm-pruner uses its reference allocation
-(`ratio-per-layer-skip-ends`), wanda-sp `ratio-per-layer`, the others the global knapsack; the
-table's layout column says which.
+ridge and `--shrink-toward` what it shrinks toward, both to be chosen on a validation split) and
+`recover` (reconstruct, then distil the dense model into the pruned one for `--recover-steps` steps on
+the same calibration traces, `mucrasp.recovery.distil`, the loop `mucrasp-deploy recover` runs; only
+for `--recover-methods`, all at the same step budget). Layouts are each method's default: llm-pruner
+uses its reference allocation (`ratio-per-layer-skip-ends`), wanda-sp `ratio-per-layer`, the others
+the global knapsack; the table's layout column says which.
 Writes bench/results/quality.{json,md,png}.
 """
 
@@ -144,18 +144,27 @@ class Treatment:
     recovery: RecoverySettings | None = None
 
 
-def treatments(names: list[str], ridges: list[float], recovery: RecoverySettings | None = None) -> list[Treatment]:
-    """One Treatment per name (and per ridge for `reconstruct`); `recover` reconstructs with the first ridge."""
+def treatments(
+    names: list[str],
+    ridges: list[float],
+    recovery: RecoverySettings | None = None,
+    shrink_toward: list[str] = (ReconstructionSettings().shrink_toward,),
+) -> list[Treatment]:
+    """One Treatment per name (and per ridge × shrink target for `reconstruct`); `recover` reconstructs
+    with the first of each."""
     out: list[Treatment] = []
     for name in names:
         if name == "oneshot":
             out.append(Treatment("oneshot"))
         elif name == "reconstruct":
             for ridge in ridges:
-                label = "reconstruct" if len(ridges) == 1 else f"reconstruct[ridge={ridge:g}]"
-                out.append(Treatment(label, ReconstructionSettings(ridge=ridge)))
+                for toward in shrink_toward:
+                    swept = [f"ridge={ridge:g}"] * (len(ridges) > 1) + [f"toward={toward}"] * (len(shrink_toward) > 1)
+                    label = "reconstruct" + (f"[{','.join(swept)}]" if swept else "")
+                    out.append(Treatment(label, ReconstructionSettings(ridge=ridge, shrink_toward=toward)))
         elif name == "recover":
-            out.append(Treatment("recover", ReconstructionSettings(ridge=ridges[0]), recovery or RecoverySettings()))
+            first = ReconstructionSettings(ridge=ridges[0], shrink_toward=shrink_toward[0])
+            out.append(Treatment("recover", first, recovery or RecoverySettings()))
         else:
             raise SystemExit(f"unknown treatment {name!r}: oneshot, reconstruct, recover")
     return out
@@ -168,8 +177,12 @@ def run_model(
     on_row=lambda rows: None,
     treatment_list: list[Treatment] = (Treatment("oneshot"),),
     recover_methods: set[str] | None = None,
+    noise_floor: bool = False,
 ) -> list[dict]:
     """All rows for one model; `on_row` sees the rows so far after each one (for partial results).
+
+    `noise_floor` adds a `dense[bf16 weights]` row: the unpruned model with its weights rounded to
+    bf16, which is how far the metrics move for a change no deployment would call a loss.
 
     The `recover` treatment runs only for methods in `recover_methods` (None: every method)."""
     loaded = load_model(setup["model"])
@@ -198,6 +211,19 @@ def run_model(
         **compare(dense, dense, processor, reference, vision, config),
     }
     rows = [dense_row]
+    if noise_floor:
+        rounded = copy.deepcopy(dense)
+        with torch.no_grad():
+            for parameter in rounded.parameters():
+                parameter.copy_(parameter.to(torch.bfloat16))
+        rows.append(
+            {
+                **dense_row,
+                "method": "dense[bf16 weights]",
+                **compare(dense, rounded, processor, reference, vision, config),
+            }
+        )
+        del rounded
     on_row(rows)
     calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]), setup["calib_samples"])
     scored: dict[tuple, tuple] = {}
@@ -274,14 +300,18 @@ def markdown(rows: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| model | method | treatment | layout | ratio | accuracy | agreement | CoT KL | pivot KL | perplexity |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | treatment | layout | ratio | accuracy | agreement | agreement, answered (n) "
+        "| CoT KL | pivot KL | perplexity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         acc = f"{r['accuracy']:.3f}" if "accuracy" in r else "–"
+        answered = (
+            f"{r['agreement_answered']:.3f} ({r['answered_items']})" if r.get("agreement_answered") is not None else "–"
+        )
         lines.append(
             f"| {r['model']} | {r['method']} | {r.get('treatment', 'oneshot')} | {r.get('layout', '–')} | "
-            f"{r['ratio']:.1f} | {acc} | {r['agreement']:.3f} | "
+            f"{r['ratio']:.1f} | {acc} | {r['agreement']:.3f} | {answered} | "
             f"{r['cot_kl']:.4f} | {r['pivot_kl']:.4f} | {r['perplexity']:.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -320,6 +350,10 @@ def plot(rows: list[dict], path: Path) -> None:
             )
             row_axes[0].plot(ratios, [dense[quality_key]] + [p[1][quality_key] for p in points], **style)
             row_axes[1].plot(ratios, [0.0] + [p[1]["cot_kl"] for p in points], **style)
+        floor = next((r for r in rows if r["model"] == model and r["method"] == "dense[bf16 weights]"), None)
+        if floor is not None:  # what rounding alone does, for scale
+            for ax, key in zip(row_axes, (quality_key, "cot_kl")):
+                ax.axhline(floor[key], color="grey", linestyle="-.", linewidth=1, label="dense, bf16 weights")
         row_axes[0].set(title=f"{model}: {quality_key} (greedy CoT)", xlabel="pruning ratio", ylabel=quality_key)
         row_axes[1].set(title=f"{model}: KL(dense || pruned) per CoT token", xlabel="pruning ratio", ylabel="nats")
         row_axes[1].set_yscale("symlog", linthresh=1e-4)  # log-like, but the dense point (0) stays on the axis
@@ -341,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smollm-items", type=int, default=96, help="the first N of the 192 test prompts (0: all)")
     parser.add_argument(
         "--calib-samples", type=int, default=None, help="use the first N calibration records (default: all 128)"
+    )
+    parser.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="add a dense[bf16 weights] row: how far the metrics move when only rounding changes",
     )
     parser.add_argument(
         "--ablations", action="store_true", help="add MuCRASP ablation rows (fusion, protection, window)"
@@ -367,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
         "--ridges",
         default=str(ReconstructionSettings().ridge),
         help="reconstruction ridge(s), relative to mean diag(XᵀX); sweep on a validation split only",
+    )
+    parser.add_argument(
+        "--shrink-toward",
+        default=ReconstructionSettings().shrink_toward,
+        help="what the reconstruction ridge shrinks toward: zero, pruned (comma list to sweep; validation only)",
     )
     parser.add_argument("--smollm-traces", default="build/data/smollm", help="folder with SmolLM2's trace files")
     parser.add_argument("--out", default=str(RESULTS / "quality"))
@@ -399,8 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                 [t for t in args.treatments.split(",") if t],
                 [float(r) for r in args.ridges.split(",")],
                 RecoverySettings(steps=args.recover_steps, lr=args.recover_lr, batch_size=args.recover_batch_size),
+                [t for t in args.shrink_toward.split(",") if t],
             ),
             recover_methods={m for m in args.recover_methods.split(",") if m},
+            noise_floor=args.noise_floor,
         )
     header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{command}`)."
     write_json_atomic(out.with_suffix(".json"), {"header": header, "rows": rows})

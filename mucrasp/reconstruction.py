@@ -9,8 +9,10 @@ the residual stream, not only the layer's own loss.
 For a pre-norm residual layer `h_mid = h_in + o_proj(a)`, `h_out = h_mid + down_proj(m)`:
 - o_proj is fitted on the pruned attention output `a_p` to `h_mid_dense − h_in_pruned`;
 - then, with the new o_proj in place, down_proj on the pruned MLP input `m_p` to `h_out_dense − h_mid_pruned`.
-Each fit is ridge least squares with an intercept (a bias, unregularised): `(XᵀX + λI) W = XᵀY`, with
-`λ = ridge · mean(diag XᵀX)` so one `ridge` suits every layer's scale. XᵀX and XᵀY are accumulated in
+Each fit is ridge least squares with an intercept (a bias, unregularised): `(XᵀX + λI) W = XᵀY + λW₀`, with
+`λ = ridge · mean(diag XᵀX)` so one `ridge` suits every layer's scale, and W₀ the prior the ridge shrinks
+toward (`shrink_toward`): zero (plain ridge), or the sliced weights themselves, so a large ridge leaves
+the one-shot pruned layer and a small one the least-squares fit. XᵀX and XᵀY are accumulated in
 fp64 per sample, so memory is one (in+1)² matrix per projection, never the activations of all tokens;
 the hidden states of both streams (dense and pruned) are kept for the calibration tokens, one layer at
 a time. The intercept generalises FLAP's bias compensation (a bias equal to the removed columns times
@@ -22,7 +24,7 @@ down_proj, advance), all on layer inputs captured once at the first decoder laye
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -47,6 +49,8 @@ class ReconstructionSettings(JobConfig):
 
     ridge: float = Field(1e-2, ge=0.0)  # λ = ridge · mean(diag XᵀX); chosen on validation splits (bench/quality.py)
     bias: bool = True  # fit an intercept (a bias on o_proj/down_proj), generalising FLAP's compensation
+    # What the ridge shrinks toward: "zero", or "pruned" (the sliced weights the refit starts from).
+    shrink_toward: Literal["zero", "pruned"] = "zero"
 
 
 class _StopForward(Exception):
@@ -106,7 +110,8 @@ class _NormalEquations:
         self.xtx += x.T @ x
         self.xty += x.T @ y
 
-    def solve(self, ridge: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def solve(self, ridge: float, prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ridge solution; `prior` (out × in, or None for zero) is the weight the ridge shrinks toward."""
         import torch
 
         n = self.xtx.shape[0] - int(self.intercept)
@@ -114,7 +119,11 @@ class _NormalEquations:
         damping = torch.zeros(self.xtx.shape[0], dtype=torch.float64)
         # Relative to the mean input energy, so one value fits every layer; a floor keeps a dead channel solvable.
         damping[:n] = ridge * float(diagonal.mean()) + 1e-12 * float(diagonal.max().clamp_min(1.0))
-        solution = torch.linalg.solve(self.xtx + torch.diag(damping), self.xty)
+        rhs = self.xty
+        if prior is not None:
+            rhs = rhs.clone()
+            rhs[:n] += damping[:n, None] * prior.detach().double().cpu().T
+        solution = torch.linalg.solve(self.xtx + torch.diag(damping), rhs)
         weight = solution[:n].T.contiguous()
         return weight, (solution[n] if self.intercept else None)
 
@@ -158,7 +167,8 @@ def _fit(
                 _run(layer, hidden, kwargs)
     finally:
         handle.remove()
-    _assign(linear, *equations.solve(settings.ridge))
+    prior = linear.weight if settings.shrink_toward == "pruned" else None
+    _assign(linear, *equations.solve(settings.ridge, prior))
 
 
 def _capture_output(layer: nn.Module, linear: nn.Linear, stream) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -221,7 +231,13 @@ def slice_and_reconstruct(
         dense = [(out, kwargs) for out, (_, kwargs) in zip(dense_out, dense)]
         if progress is not None:
             progress("reconstruction", i + 1, len(layers))
-    return {"ridge": settings.ridge, "bias": settings.bias, "samples": len(batches), "layer_output_error": errors}
+    return {
+        "ridge": settings.ridge,
+        "bias": settings.bias,
+        "shrink_toward": settings.shrink_toward,
+        "samples": len(batches),
+        "layer_output_error": errors,
+    }
 
 
 def _relative_error(layer: nn.Module, stream, targets: list[torch.Tensor]) -> float:

@@ -25,6 +25,7 @@ def test_unpruned_model_has_zero_divergence_and_full_agreement(tiny_vl, tmp_path
     assert report["cot_kl"] == pytest.approx(0.0, abs=1e-9)
     assert report["pivot_kl"] == pytest.approx(0.0, abs=1e-9)
     assert report["agreement"] == 1.0
+    assert 0 <= report["answered_items"] <= 4 and report["agreement_answered"] in (None, 1.0)
     assert report["cot_tokens"] > 0 and report["items"] == 4
     assert (tmp_path / "r.json").is_file()
 
@@ -35,6 +36,20 @@ def test_pruned_model_has_positive_divergence(tiny_vl):
     assert report["cot_kl"] > 1e-4
     assert report["perplexity"] > 1.0
     assert report["method"] == "magnitude" and report["ratio"] == 0.4
+
+
+def test_a_trace_that_ran_into_the_token_cap_counts_as_unanswered(tiny_vl):
+    from mucrasp.calibration.batches import load_processor
+    from mucrasp.evaluation.evaluate import _stopped_before
+
+    dense, _, _ = tiny_vl
+    tokenizer = load_processor(dense, vision=True).tokenizer
+    trace = "So 3 + 4 = 7 apples in total, and then some more words follow here"
+    length = len(tokenizer(trace, add_special_tokens=False)["input_ids"])
+    assert length > 4
+    assert _stopped_before(trace, tokenizer, max_new_tokens=length + 2)
+    assert not _stopped_before(trace, tokenizer, max_new_tokens=length)
+    assert not _stopped_before(trace, tokenizer, max_new_tokens=length + 1)  # one token of slack for re-encoding
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,23 @@ def test_refit_lowers_every_layers_output_error_on_random_weights():
     assert model.model.layers[0].mlp.down_proj.bias is not None
 
 
+def test_a_large_ridge_toward_the_pruned_weights_keeps_them_and_toward_zero_does_not():
+    """shrink_toward="pruned": λ → ∞ returns the sliced weights (the intercept, unregularised, still fits)."""
+    model = build_tiny_model(ARCH)
+    adapter = get_adapter(ARCH)
+    plan = KeepPlan([LayerKeep(torch.arange(0, 384, 2), torch.tensor([1])) for _ in adapter.decoder_layers(model)])
+    sliced = slice_model(copy.deepcopy(model), adapter, plan).model.layers[0].mlp.down_proj.weight
+    refits = {}
+    for toward in ("pruned", "zero"):
+        refit = copy.deepcopy(model)
+        settings = ReconstructionSettings(ridge=1e8, shrink_toward=toward)
+        summary = slice_and_reconstruct(refit, adapter, plan, _batches(4, 64, seed=3), settings)
+        assert summary["shrink_toward"] == toward
+        refits[toward] = refit.model.layers[0].mlp.down_proj.weight
+    torch.testing.assert_close(refits["pruned"], sliced, atol=1e-5, rtol=0)
+    assert float(refits["zero"].abs().max()) < 1e-3 < float(sliced.abs().max())
+
+
 def test_reconstruction_runs_on_a_vision_language_model(tmp_path):
     from calib_helpers import tiny_vl_calibration
 

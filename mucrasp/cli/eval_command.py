@@ -67,6 +67,8 @@ def eval_command(
         "accuracy",
         "dense_accuracy",
         "agreement",
+        "answered_items",
+        "agreement_answered",
         "cot_kl",
         "pivot_kl",
         "perplexity",

@@ -55,6 +55,9 @@ class DenseReference:
 
     records: list[CalibrationRecord]  # prompts with the dense traces as responses
     truths: list[str | None]  # the data's own final answers (ground truth where it has it)
+    # Per trace: did the dense model stop on its own before max_new_tokens? A trace cut at the cap has no
+    # final answer, only a last number, so agreement on it means reproducing the text up to the cap.
+    finished: list[bool] | None = None
 
 
 def dense_reference(
@@ -74,7 +77,18 @@ def dense_reference(
         CalibrationRecord(r.image, r.prompt, trace if trace else " ", f"{r.where} (dense trace)")
         for r, trace in zip(data_records, traces)
     ]
-    return DenseReference(records, [final_answer(r.response) for r in data_records])
+    return DenseReference(
+        records,
+        [final_answer(r.response) for r in data_records],
+        [_stopped_before(trace, processor, config.max_new_tokens) for trace in traces],
+    )
+
+
+def _stopped_before(trace: str, processor, max_new_tokens: int) -> bool:
+    """Whether a decoded greedy trace ended before the token cap. Re-encoding the stripped text can
+    lose a whitespace token, so a trace within one token of the cap counts as cut."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return len(tokenizer(trace, add_special_tokens=False)["input_ids"]) < max_new_tokens - 1
 
 
 def compare(
@@ -104,6 +118,10 @@ def compare(
     dense_answers = [final_answer(r.response) for r in reference.records]
     metrics: dict[str, Any] = {"items": len(batches), **totals.as_metrics()}
     metrics["agreement"] = sum(a == d for a, d in zip(answers, dense_answers)) / len(answers)
+    if reference.finished is not None:
+        answered = [a == d for a, d, f in zip(answers, dense_answers, reference.finished) if f]
+        metrics["answered_items"] = len(answered)
+        metrics["agreement_answered"] = sum(answered) / len(answered) if answered else None
     if config.ground_truth:
         metrics["accuracy"] = sum(a == t for a, t in zip(answers, reference.truths)) / len(answers)
         metrics["dense_accuracy"] = sum(d == t for d, t in zip(dense_answers, reference.truths)) / len(answers)
