@@ -59,9 +59,9 @@ def _quiet():
         root.setLevel(level)
 
 
-def quantize_graph(path: Path, weights: str) -> dict:
+def quantize_graph(path: Path, weights: str, int4_accuracy_level: int = INT4_ACCURACY_LEVEL) -> dict:
     """Quantize the weights of the graph at `path` in place (graph and its external data); returns the record
-    manifest.json keeps."""
+    manifest.json keeps. `int4_accuracy_level`: MatMulNBits' compute type (1 fp32, 4 int8 activations)."""
     import onnx
 
     if weights not in QUANTIZED_WEIGHTS:
@@ -89,7 +89,7 @@ def quantize_graph(path: Path, weights: str) -> dict:
             )
 
             config = DefaultWeightOnlyQuantConfig(
-                block_size=INT4_BLOCK_SIZE, is_symmetric=INT4_SYMMETRIC, accuracy_level=INT4_ACCURACY_LEVEL
+                block_size=INT4_BLOCK_SIZE, is_symmetric=INT4_SYMMETRIC, accuracy_level=int4_accuracy_level
             )
             quantizer = MatMulNBitsQuantizer(model, algo_config=config)
             quantizer.process()
@@ -99,7 +99,7 @@ def quantize_graph(path: Path, weights: str) -> dict:
                 "weight_type": "int4",
                 "block_size": INT4_BLOCK_SIZE,
                 "symmetric": INT4_SYMMETRIC,
-                "accuracy_level": INT4_ACCURACY_LEVEL,
+                "accuracy_level": int4_accuracy_level,
             }
     graph = onnx.load(str(path), load_external_data=False).graph
     ops = {"MatMulInteger", "MatMulNBits"}

@@ -47,10 +47,13 @@ class ReconstructionSettings(JobConfig):
 
     model_config = ConfigDict(frozen=True)
 
-    ridge: float = Field(1e-2, ge=0.0)  # λ = ridge · mean(diag XᵀX); chosen on validation splits (bench/quality.py)
+    # λ = ridge · mean(diag XᵀX). Both chosen on SmolLM2's validation traces at 0.3
+    # (bench/results/quality-smollm-ridge-validation.md): toward the sliced weights, ridge 0.1, CoT KL 0.163;
+    # the earlier default (toward zero, 0.01) 0.240.
+    ridge: float = Field(0.1, ge=0.0)
     bias: bool = True  # fit an intercept (a bias on o_proj/down_proj), generalising FLAP's compensation
     # What the ridge shrinks toward: "zero", or "pruned" (the sliced weights the refit starts from).
-    shrink_toward: Literal["zero", "pruned"] = "zero"
+    shrink_toward: Literal["zero", "pruned"] = "pruned"
 
 
 class _StopForward(Exception):
