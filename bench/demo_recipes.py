@@ -163,10 +163,10 @@ def plot(results: dict, path: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from mucrasp.atomic_io import write_figure_atomic
+
+    write_figure_atomic(path, fig, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def _merge(parts: list[Path], out: Path, header: dict) -> None:

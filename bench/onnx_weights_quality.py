@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import mucrasp  # noqa: F401  (CPU-torch workarounds first)
-from mucrasp.atomic_io import write_json_atomic, write_text_atomic
+from mucrasp.atomic_io import write_figure_atomic, write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import load_processor
 from mucrasp.calibration.records import load_records
 from mucrasp.checkpoint import read_json_file
@@ -53,7 +53,7 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def quantized_copy(fp32_export: Path, out: Path, weights: str, accuracy_level: int) -> Path:
+def quantized_copy(fp32_export: Path, out: Path, weights: str, accuracy_level: int = INT4_ACCURACY_LEVEL) -> Path:
     """A copy of an fp32 export with its decoder quantized in place; the manifest says what was done."""
     shutil.copytree(fp32_export, out)
     record = quantize_graph(out / "decoder.onnx", weights, int4_accuracy_level=accuracy_level)
@@ -116,9 +116,7 @@ def plot(payload: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    write_figure_atomic(path, fig, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(v) for v in args.int4_accuracy_levels.split(",") if v]
     variants = [("fp32", None, fp32)]
     with tempfile.TemporaryDirectory(prefix="onnx-weights-", dir=work) as scratch:
-        variants.append(("int8", None, quantized_copy(fp32, Path(scratch) / "int8", "int8", 0)))
+        variants.append(("int8", None, quantized_copy(fp32, Path(scratch) / "int8", "int8")))
         for level in levels:
             variants.append(("int4", level, quantized_copy(fp32, Path(scratch) / f"int4-{level}", "int4", level)))
         log(f"exported {len(variants)} variants")

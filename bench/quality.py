@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 import mucrasp  # noqa: F401  (CPU-torch workarounds first)
-from mucrasp.atomic_io import write_json_atomic, write_text_atomic
+from mucrasp.atomic_io import write_figure_atomic, write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import CalibrationSource, load_processor
 from mucrasp.calibration.pivots import PivotConfig
 from mucrasp.calibration.records import load_records
@@ -361,9 +361,7 @@ def plot(rows: list[dict], path: Path) -> None:
         for ax in row_axes:
             ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    write_figure_atomic(path, fig, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

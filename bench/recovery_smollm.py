@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import mucrasp  # noqa: F401  (CPU-torch workarounds first)
-from mucrasp.atomic_io import write_json_atomic, write_text_atomic
+from mucrasp.atomic_io import write_figure_atomic, write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import CalibrationSource
 from mucrasp.calibration.pivots import PivotConfig
 from mucrasp.model_loading import load_model
@@ -91,9 +91,7 @@ def plot(payload: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    write_figure_atomic(path, fig, dpi=110)
 
 
 def markdown(payload: dict) -> str:

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 import mucrasp  # noqa: F401  (CPU-torch workarounds first)
-from mucrasp.atomic_io import write_json_atomic, write_text_atomic
+from mucrasp.atomic_io import write_figure_atomic, write_json_atomic, write_text_atomic
 from mucrasp.calibration.self_calibration import SelfCalibrationConfig
 from mucrasp.checkpoint import MANIFEST_NAME, load_pruned
 from mucrasp.devices import SHORT_NAMES
@@ -330,9 +330,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    write_figure_atomic(path, fig, dpi=120)
 
 
 def main() -> None:

@@ -190,6 +190,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_figure_atomic(path: Path, figure, dpi: int = 100) -> None:
+    """Render a matplotlib figure to PNG in memory, then write it like any other file: whole or not at all."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    write_bytes_atomic(Path(path), buffer.getvalue())
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write bytes next to their destination, fsync them, then rename them over the destination.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from mucrasp.planning.planner import Plan
@@ -47,10 +46,8 @@ def plot_plan(plan: Plan, path: Path) -> Path:
     chosen = f"chosen: {plan.weights}, ratio {plan.ratio:g}" if plan.ratio is not None else "nothing works"
     fig.suptitle(f"{Path(plan.model).name} on {plan.profile}, {plan.dtype}; {chosen}")
     fig.tight_layout()
-    from mucrasp.atomic_io import write_bytes_atomic
+    from mucrasp.atomic_io import write_figure_atomic
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    write_figure_atomic(Path(path), fig, dpi=100)
     plt.close(fig)
-    write_bytes_atomic(Path(path), buffer.getvalue())  # the PNG appears whole or not at all
     return Path(path)
