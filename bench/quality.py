@@ -17,7 +17,8 @@ ridge and `--shrink-toward` what it shrinks toward, both to be chosen on a valid
 the same calibration traces, `mucrasp.recovery.distil`, the loop `mucrasp-deploy recover` runs; only
 for `--recover-methods`, all at the same step budget). Layouts are each method's default: llm-pruner
 uses its reference allocation (`ratio-per-layer-skip-ends`), wanda-sp `ratio-per-layer`, the others
-the global knapsack; the table's layout column says which.
+the global knapsack; the table's layout column says which. `--layouts` adds `method[layout]` rows on
+the same scores (allocation against ranking), `--ablations LABELS` only the named MuCRASP ablations.
 Writes bench/results/quality.{json,md,png}.
 """
 
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 
 import mucrasp  # noqa: F401  (CPU-torch workarounds first)
+from mucrasp.allocation import LAYOUTS
 from mucrasp.atomic_io import write_figure_atomic, write_json_atomic, write_text_atomic
 from mucrasp.calibration.batches import CalibrationSource, load_processor
 from mucrasp.calibration.pivots import PivotConfig
@@ -59,6 +61,11 @@ ABLATIONS = {
     "mucrasp[+sens]": {"alpha": PAPER_STYLE["alpha"]},
     "mucrasp[+cmds]": {"beta": PAPER_STYLE["beta"]},
     "mucrasp[+omega]": {k: PAPER_STYLE[k] for k in ("omega_early", "omega_attention")},
+    "mucrasp[depth=0]": {"depth_balance": 0.0},
+    "mucrasp[depth=0.25]": {"depth_balance": 0.25},
+    "mucrasp[depth=0.5]": {"depth_balance": 0.5},
+    "mucrasp[depth=0.75]": {"depth_balance": 0.75},
+    "mucrasp[depth=1]": {"depth_balance": 1.0},
     "mucrasp[W=4]": {"window": 4},
     "mucrasp[W=16]": {"window": 16},
 }
@@ -127,11 +134,16 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def variants(methods: list[str], ablations: bool) -> list[tuple[str, str, dict]]:
-    """(label, method, options) for every row family of the table."""
-    rows = [(m, m, {}) for m in methods]
-    if ablations:
-        rows += [(label, "mucrasp", options) for label, options in ABLATIONS.items()]
+def variants(methods: list[str], ablations: str, layouts: list[str] = ()) -> list[tuple[str, str, dict, str | None]]:
+    """(label, method, options, layout) for every row family of the table; layout None is the method's own.
+
+    Each of `layouts` that is not a method's own default adds a `method[layout]` row family, which
+    reuses that method's scores: it separates what the scores contribute from what the allocation does."""
+    rows = [(m, m, {}, None) for m in methods]
+    for m in methods:
+        rows += [(f"{m}[{layout}]", m, {}, layout) for layout in layouts if layout != get_method(m).default_layout]
+    chosen = ABLATIONS if ablations == "all" else {k: ABLATIONS[k] for k in ablations.split(",") if k}
+    rows += [(label, "mucrasp", options, None) for label, options in chosen.items()]
     return rows
 
 
@@ -228,7 +240,7 @@ def run_model(
     calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]), setup["calib_samples"])
     scored: dict[tuple, tuple] = {}
     recovery_batches = None
-    for label, method, options in methods:
+    for label, method, options, layout in methods:
         scoring_options = {k: v for k, v in options.items() if k in SCORING_TIME_OPTIONS}
         key = (method, tuple(sorted(scoring_options.items())))
         if key not in scored:
@@ -247,6 +259,7 @@ def run_model(
                     adapter,
                     ratio,
                     method=method,
+                    layout=layout,
                     calibration=calibration,
                     scores=components,
                     method_options=options,
@@ -380,7 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         help="add a dense[bf16 weights] row: how far the metrics move when only rounding changes",
     )
     parser.add_argument(
-        "--ablations", action="store_true", help="add MuCRASP ablation rows (fusion, protection, window)"
+        "--ablations",
+        nargs="?",
+        const="all",
+        default="",
+        help="add MuCRASP ablation rows (fusion, protection, depth profile, window): all, or a comma list of labels",
     )
     parser.add_argument(
         "--eval-split",
@@ -410,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         default=ReconstructionSettings().shrink_toward,
         help="what the reconstruction ridge shrinks toward: zero, pruned (comma list to sweep; validation only)",
     )
+    parser.add_argument(
+        "--layouts",
+        default="",
+        help=f"extra allocation layouts per method, as method[layout] rows on the same scores ({', '.join(LAYOUTS)})",
+    )
     parser.add_argument("--smollm-traces", default="build/data/smollm", help="folder with SmolLM2's trace files")
     parser.add_argument("--out", default=str(RESULTS / "quality"))
     args = parser.parse_args(argv)
@@ -418,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(available_methods()))
     if unknown:
         parser.error(f"unknown methods: {unknown}")
+    if args.ablations not in ("", "all"):
+        unknown_ablations = sorted(set(args.ablations.split(",")) - set(ABLATIONS) - {""})
+        if unknown_ablations:
+            parser.error(f"unknown ablations: {unknown_ablations} (choose from {', '.join(ABLATIONS)})")
+    unknown_layouts = sorted({x for x in args.layouts.split(",") if x} - set(LAYOUTS))
+    if unknown_layouts:
+        parser.error(f"unknown layouts: {unknown_layouts} (choose from {', '.join(LAYOUTS)})")
     ratios = [float(r) for r in args.ratios.split(",")]
     started = time.perf_counter()
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -432,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         # An interrupted run still leaves every finished row behind, in a file marked partial.
         rows = done + run_model(
             setup,
-            variants(methods, args.ablations),
+            variants(methods, args.ablations, [x for x in args.layouts.split(",") if x]),
             ratios,
             on_row=lambda model_rows: write_text_atomic(
                 partial, markdown(done + model_rows, f"PARTIAL: rows so far of `{command}`, {machine}.")

@@ -93,7 +93,7 @@ def test_a_large_ridge_toward_the_pruned_weights_keeps_them_and_toward_zero_does
         settings = ReconstructionSettings(ridge=1e8, shrink_toward=toward)
         summary = slice_and_reconstruct(refit, adapter, plan, _batches(4, 64, seed=3), settings)
         assert summary["shrink_toward"] == toward
-        refits[toward] = refit.model.layers[0].mlp.down_proj.weight
+        refits[toward] = refit.model.layers[0].mlp.down_proj.weight.detach()
     torch.testing.assert_close(refits["pruned"], sliced, atol=1e-5, rtol=0)
     assert float(refits["zero"].abs().max()) < 1e-3 < float(sliced.abs().max())
 

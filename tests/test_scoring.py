@@ -156,3 +156,24 @@ def test_set_options_go_through_pydantic_coercion():
         parse_assignments(MucraspConfig, ["windw=3"], "mucrasp")
     with pytest.raises(MucraspError, match="takes no options"):
         parse_assignments(None, ["window=3"], "magnitude")
+
+
+def test_flatten_depth_profile_equalises_layer_means_and_keeps_the_order_inside_a_layer():
+    from mucrasp.scoring.base import flatten_depth_profile
+    from mucrasp.units import UnitScores
+
+    # Layer 1's values are 10× layer 0's: a global knapsack would strip layer 0 first.
+    scores = UnitScores(
+        [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0])], [torch.ones(2), torch.ones(2)]
+    )
+    assert flatten_depth_profile(scores, 0.0) is scores
+    flat = flatten_depth_profile(scores, 1.0)
+    overall = torch.cat(scores.mlp).double().mean()
+    for layer in flat.mlp:
+        torch.testing.assert_close(layer.mean(), overall)
+    for before, after in zip(scores.mlp, flat.mlp):
+        assert torch.equal(before.argsort(), after.argsort())
+    half = flatten_depth_profile(scores, 0.5)
+    ratio = [float(layer.mean()) for layer in half.mlp]
+    assert ratio[1] / ratio[0] == pytest.approx(10**0.5)  # half the log-gap between the layers stays
+    torch.testing.assert_close(half.attn[0], torch.ones(2, dtype=torch.float64))

@@ -111,3 +111,21 @@ def normalize_per_unit_type(scores: UnitScores, eps: float = 1e-12) -> UnitScore
         mean = torch.cat([t.double().reshape(-1) for t in tensors]).mean().clamp_min(eps)
         out[name] = [(t.double() / mean) for t in tensors]
     return UnitScores(out["mlp"], out["attn"])
+
+
+def flatten_depth_profile(scores: UnitScores, strength: float, eps: float = 1e-12) -> UnitScores:
+    """Divide each layer's values of a unit type by (that layer's mean / the model's mean) ** strength.
+
+    First-order scores grow or shrink with depth as a whole (gradient and activation scales differ by
+    layer), and a global knapsack then strips whole layers to their floor. strength 0 leaves the
+    values alone; 1 gives every layer the same mean, so only the ranking inside a layer and the
+    layer's spread decide; values in between keep part of the depth signal. Order inside a layer
+    never changes."""
+    if strength == 0.0:
+        return scores
+    out = {}
+    for name in ("mlp", "attn"):
+        tensors = [t.double() for t in getattr(scores, name)]
+        overall = torch.cat([t.reshape(-1) for t in tensors]).mean().clamp_min(eps)
+        out[name] = [t / (t.mean().clamp_min(eps) / overall) ** strength for t in tensors]
+    return UnitScores(out["mlp"], out["attn"])

@@ -21,7 +21,14 @@ from pydantic import ConfigDict, Field
 
 from mucrasp.calibration.batches import resolve_batches, summarize
 from mucrasp.calibration.pivots import DEFAULT_MARKERS, PivotConfig
-from mucrasp.scoring.base import ScoreComponents, ScoringContext, ScoringMethod, ScoringResult, normalize_per_unit_type
+from mucrasp.scoring.base import (
+    ScoreComponents,
+    ScoringContext,
+    ScoringMethod,
+    ScoringResult,
+    flatten_depth_profile,
+    normalize_per_unit_type,
+)
 from mucrasp.scoring.modality import ModalityStatistics, ProtectionConfig, protection, record_hidden_states
 from mucrasp.scoring.options import method_config
 from mucrasp.scoring.registry import register_method
@@ -52,6 +59,14 @@ class MucraspConfig(JobConfig):
     beta: float = Field(0.0, ge=0.0)
     omega_early: float = Field(0.0, ge=0.0)
     omega_attention: float = Field(0.0, ge=0.0)
+    # Depth profile (applied at prune time, before protection): each layer's values divided by
+    # (layer mean / model mean) ** depth_balance, per unit type (`flatten_depth_profile`). Without it
+    # the knapsack strips the demo VLM's last five layers to the floor at 0.6 and reconstruction cannot
+    # repair them. 0.5 was chosen with reconstruction on (the default), on validation splits only
+    # (`bench/results/quality-{demo,smollm}-depth*-validation.md`): demo accuracy 0.780 → 0.955 at 0.6
+    # and 0.685 → 0.745 at 0.7; SmolLM2 CoT KL 0.138 → 0.121 at 0.3, 0.277 both at 0.5. 1.0 was worse
+    # on SmolLM2 (0.133 at 0.3). One-shot without reconstruction it costs the demo VLM at 0.7.
+    depth_balance: float = Field(0.5, ge=0.0, le=1.0)
     # Calibration (applied at scoring time)
     window: int = Field(8, ge=1)
     markers: StrTuple = DEFAULT_MARKERS
@@ -125,6 +140,7 @@ class MucraspMethod(ScoringMethod):
             [(1 - gamma) * g + gamma * p for g, p in zip(a_global.mlp, a_pivot.mlp)],
             [(1 - gamma) * g + gamma * p for g, p in zip(a_global.attn, a_pivot.attn)],
         )
+        fused = flatten_depth_profile(fused, config.depth_balance)
         cmds, sens = components.layer_stats["cmds"], components.layer_stats["sens"]
         prot = protection(sens, cmds, config.protection())
         values = UnitScores(
@@ -133,7 +149,7 @@ class MucraspMethod(ScoringMethod):
         )
         details = dict(components.details) | {
             "gamma_dyn": gamma,
-            "fusion": {"gamma_base": config.gamma_base, "rho": config.rho},
+            "fusion": {"gamma_base": config.gamma_base, "rho": config.rho, "depth_balance": config.depth_balance},
             "protection_config": asdict(config.protection()),
             "per_layer": {
                 "cmds": _rounded(cmds),
