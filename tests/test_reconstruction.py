@@ -86,7 +86,7 @@ def test_a_large_ridge_toward_the_pruned_weights_keeps_them_and_toward_zero_does
     model = build_tiny_model(ARCH)
     adapter = get_adapter(ARCH)
     plan = KeepPlan([LayerKeep(torch.arange(0, 384, 2), torch.tensor([1])) for _ in adapter.decoder_layers(model)])
-    sliced = slice_model(copy.deepcopy(model), adapter, plan).model.layers[0].mlp.down_proj.weight
+    sliced = slice_model(copy.deepcopy(model), adapter, plan).model.layers[0].mlp.down_proj.weight.detach()
     refits = {}
     for toward in ("pruned", "zero"):
         refit = copy.deepcopy(model)
