@@ -444,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown_ablations = sorted(set(args.ablations.split(",")) - set(ABLATIONS) - {""})
         if unknown_ablations:
             parser.error(f"unknown ablations: {unknown_ablations} (choose from {', '.join(ABLATIONS)})")
-    unknown_layouts = sorted({x for x in args.layouts.split(",") if x} - set(LAYOUTS))
+    layouts = [x for x in args.layouts.split(",") if x]
+    unknown_layouts = sorted(set(layouts) - set(LAYOUTS))
     if unknown_layouts:
         parser.error(f"unknown layouts: {unknown_layouts} (choose from {', '.join(LAYOUTS)})")
     ratios = [float(r) for r in args.ratios.split(",")]
@@ -461,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         # An interrupted run still leaves every finished row behind, in a file marked partial.
         rows = done + run_model(
             setup,
-            variants(methods, args.ablations, [x for x in args.layouts.split(",") if x]),
+            variants(methods, args.ablations, layouts),
             ratios,
             on_row=lambda model_rows: write_text_atomic(
                 partial, markdown(done + model_rows, f"PARTIAL: rows so far of `{command}`, {machine}.")
