@@ -35,47 +35,20 @@ RSS_LIMIT_GIB = 21.0  # of the box's 23.5 GiB: a step past it is killed and reco
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json")
 
 
-def qwen25_vl_7b_config(layers: int, vision_depth: int):
-    """Qwen2.5-VL-7B-Instruct's published sizes (the values tests/test_planner.py uses), cut to `layers`
-    decoder layers and `vision_depth` vision blocks; special ids from the demo tokenizer."""
-    import transformers
+def random_model_config(layers: int, vision_depth: int):
+    """Qwen2.5-VL-7B's published sizes cut to `layers` and `vision_depth`, in bf16, with the demo tokenizer's
+    special ids (its tokenizer and processor serve the random model)."""
+    from mucrasp.published_configs import qwen25_vl_7b_config
 
     demo = json.loads((DEMO_MODEL / "config.json").read_text())
-    special = {k: demo[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
-    full_attention = [i for i in (7, 15, 23, 31) if i < vision_depth] or [vision_depth - 1]
+    config = qwen25_vl_7b_config(layers, vision_depth)
+    for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        setattr(config, key, demo[key])
     text = demo.get("text_config", {})
-    return transformers.Qwen2_5_VLConfig(
-        architectures=["Qwen2_5_VLForConditionalGeneration"],
-        text_config=dict(
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=layers,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            vocab_size=152064,
-            tie_word_embeddings=False,
-            max_position_embeddings=128000,
-            rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0},
-            bos_token_id=text.get("bos_token_id"),
-            eos_token_id=text.get("eos_token_id"),
-            pad_token_id=text.get("pad_token_id"),
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=1280,
-            intermediate_size=3420,
-            out_hidden_size=3584,
-            num_heads=16,
-            patch_size=14,
-            temporal_patch_size=2,
-            spatial_merge_size=2,
-            window_size=112,
-            fullatt_block_indexes=full_attention,
-        ),
-        tie_word_embeddings=False,
-        dtype="bfloat16",
-        **special,
-    )
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(config.text_config, key, text.get(key))
+    config.dtype = "bfloat16"
+    return config
 
 
 def write_random_checkpoint(folder: Path, layers: int, vision_depth: int, seed: int = 0) -> dict:
@@ -87,7 +60,7 @@ def write_random_checkpoint(folder: Path, layers: int, vision_depth: int, seed: 
 
     from mucrasp.checkpoint import file_keys
 
-    config = qwen25_vl_7b_config(layers, vision_depth)
+    config = random_model_config(layers, vision_depth)
     with init_empty_weights():
         model = Qwen2_5_VLForConditionalGeneration(config)
     keys = file_keys(model)

@@ -266,7 +266,7 @@ def _np(tensor):
 
 
 # ---- vLLM: the OpenAI server, or vllm.LLM offline ---------------------------------------------------------
-def _vllm_dtype(config: SmokeConfig, gpu: bool) -> str:
+def vllm_dtype(config: SmokeConfig, gpu: bool) -> str:
     """`--dtype auto`: the model's own on GPU; on CPU float32 (no bf16 kernels assumed), except for an int8
     export on a host with AMX, where vLLM's int8 GEMM (`int8_scaled_mm_with_quant`, chosen for every
     layer whose shape it tiles) takes bf16 or fp16 activations only and fails on fp32 ones."""
@@ -360,7 +360,7 @@ def run_vllm_server(
         config.export_dir,
         log_path,
         config.port,
-        dtype=_vllm_dtype(config, gpu),
+        dtype=vllm_dtype(config, gpu),
         max_model_len=_max_model_len(config),
         vision=vision,
         gpu=gpu,
@@ -392,7 +392,7 @@ def run_vllm_server(
                 ) from None
         failed = False
         details = {
-            "dtype": _vllm_dtype(config, gpu),
+            "dtype": vllm_dtype(config, gpu),
             "port": server.port,
             "server_pids": sorted(server.pids),
             "ready_after_s": round(server.ready_after_s or 0, 1),
@@ -428,7 +428,7 @@ def run_vllm_offline(
             json.dumps(
                 {
                     "model": str(config.export_dir),
-                    "dtype": _vllm_dtype(config, gpu),
+                    "dtype": vllm_dtype(config, gpu),
                     "max_model_len": _max_model_len(config),
                     "vision": vision,
                     "gpu": gpu,
@@ -480,7 +480,7 @@ def run_vllm_offline(
 
         reported = reported_allocation(log)  # for the planner's memory figures, as the server run
     load_phase = PhaseResult([RequestResult(**r) for r in data["load"]], data["load_wall_s"])
-    details = {"offline": True, "dtype": _vllm_dtype(config, gpu), "vllm_reported": reported}
+    details = {"offline": True, "dtype": vllm_dtype(config, gpu), "vllm_reported": reported}
     return BackendRun(load_phase, data["spot"], sampler.bytes, "gpu" if gpu else "rss", details)
 
 

@@ -62,9 +62,10 @@ def effective_thresholds(config: SmokeConfig) -> tuple[Thresholds, str | None]:
     return Thresholds(t.min_tokens_per_s, round(limit, 3), t.min_spot_check), profile.name
 
 
-def _load_image(spot: SpotCheckSet | None, vision: bool, image_size: int | None = None) -> Path | None:
+def _load_image(spot: SpotCheckSet | None, vision: bool, scratch: Path, image_size: int | None = None) -> Path | None:
     """The load phase's image: one of `image_size` pixels a side when asked (the workload's size, which
-    sets the vision tower's cost and the image tokens), else the spot-check set's first image."""
+    sets the vision tower's cost and the image tokens), else the spot-check set's first image. A made
+    image goes in `scratch`, which the caller removes after the run."""
     if not vision:
         return None
     if spot is not None and image_size is None:
@@ -75,7 +76,7 @@ def _load_image(spot: SpotCheckSet | None, vision: bool, image_size: int | None 
     from PIL import Image
 
     side = image_size or 224
-    path = Path(tempfile.mkdtemp(prefix="mucrasp-smoke-")) / f"load-{side}.png"
+    path = Path(scratch) / f"load-{side}.png"
     Image.linear_gradient("L").convert("RGB").resize((side, side)).save(path)
     return path
 
@@ -181,10 +182,14 @@ def run_smoke(config: SmokeConfig) -> SmokeReport:
     thresholds, profile_name = effective_thresholds(config)
     spot = load_spot_check(export_dir, config.data, config.spot_check_limit)
 
-    load_image = _load_image(spot, vision, config.image_size)
-    load = [ChatRequest(config.prompt, load_image, config.max_tokens, ignore_eos=True) for _ in range(config.requests)]
     spot_requests = [ChatRequest(r.prompt, r.image, config.spot_check_max_tokens) for r in spot.records] if spot else []
-    run: BackendRun = run_backend(config, load, spot_requests, spot.records if spot else None)
+    with tempfile.TemporaryDirectory(prefix="mucrasp-smoke-") as scratch:
+        load_image = _load_image(spot, vision, Path(scratch), config.image_size)
+        load_image_side = _image_side(load_image)
+        load = [
+            ChatRequest(config.prompt, load_image, config.max_tokens, ignore_eos=True) for _ in range(config.requests)
+        ]
+        run: BackendRun = run_backend(config, load, spot_requests, spot.records if spot else None)
 
     throughput = summarize(run.load)
     memory_gb = run.peak_memory_bytes / GB
@@ -233,7 +238,7 @@ def run_smoke(config: SmokeConfig) -> SmokeReport:
             "prompt": config.prompt,
             "image": bool(load_image),
             # as the model saw it: an ONNX vision graph resizes every image to the grid it was traced at
-            "image_size": run.details.get("image_size") or _image_side(load_image),
+            "image_size": run.details.get("image_size") or load_image_side,
         },
         "throughput": throughput,
         "memory": memory,

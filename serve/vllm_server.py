@@ -29,6 +29,20 @@ from mucrasp.serve.memory import wait_gone
 HOST = "127.0.0.1"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SIGNAL_GRACE_S = 10.0  # after SIGTERM, before SIGKILL, when a signal stops us (`timeout` waits only so long)
+# Once a signal has stopped the server, the rest of the way out must not take longer than this; see _exit_soon.
+SIGNAL_EXIT_S = 20.0
+
+
+def _exit_soon(signum: int) -> SystemExit:
+    """The SystemExit a stopping signal raises, with a watchdog behind it: if the interpreter is not out
+    within SIGNAL_EXIT_S (a request thread the pool's shutdown or the exit joins, stuck in a read), every
+    thread's stack goes to stderr and the process ends there, with code 1. The server is already stopped,
+    so nothing is left running; the stacks say what held the exit up."""
+    import faulthandler
+
+    with contextlib.suppress(Exception):
+        faulthandler.dump_traceback_later(SIGNAL_EXIT_S, exit=True, file=sys.stderr)
+    return SystemExit(128 + signum)
 
 
 def free_port() -> int:
@@ -207,7 +221,7 @@ class VllmServer:
             if not self._stopping_done:
                 self._pending_signal = signum
                 return
-            raise SystemExit(128 + signum)
+            raise _exit_soon(signum)
         for other in _STOP_SIGNALS:  # a second signal must not interrupt the shutdown halfway
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(other, signal.SIG_IGN)
@@ -217,7 +231,7 @@ class VllmServer:
                 f"(pid {self.process.pid if self.process else '-'})\n"
             )
         self.stop(grace_s=SIGNAL_GRACE_S)
-        raise SystemExit(128 + signum)
+        raise _exit_soon(signum)
 
     def __enter__(self) -> "VllmServer":
         try:
@@ -271,7 +285,7 @@ class VllmServer:
             self._restore_signal_handlers()
             self._stopping_done = True
         if self._pending_signal is not None:  # it arrived while this stop ran: exit now that it is done
-            raise SystemExit(128 + self._pending_signal)
+            raise _exit_soon(self._pending_signal)
 
     def _session_pids(self) -> set[int]:
         """Every process still in the server's session (the engine core, workers, resource_tracker)."""
@@ -344,7 +358,7 @@ def stop_session_on_signals(process: subprocess.Popen, grace_s: float | None = N
             with contextlib.suppress(ValueError, OSError):
                 signal.signal(other, signal.SIG_IGN)
         stop_session(process, SIGNAL_GRACE_S if grace_s is None else grace_s)
-        raise SystemExit(128 + signum)
+        raise _exit_soon(signum)
 
     previous = {}
     for signum in _STOP_SIGNALS:

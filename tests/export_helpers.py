@@ -232,13 +232,13 @@ def _vllm_child(request_path: str) -> None:
 
     config = json.loads((Path(request["model"]) / "config.json").read_text())
     vision = "vision_config" in config
-    from mucrasp.serve.backends import _vllm_dtype
+    from mucrasp.serve.backends import vllm_dtype
     from mucrasp.serve.config import SmokeConfig
 
     llm = LLM(
         request["model"],
         # fp32, as the smoke test picks it on CPU: bf16 for an int8 export on an AMX host (its int8 kernel)
-        dtype=_vllm_dtype(SmokeConfig(Path(request["model"])), gpu=False),
+        dtype=vllm_dtype(SmokeConfig(Path(request["model"])), gpu=False),
         enforce_eager=True,
         max_model_len=256,
         seed=0,

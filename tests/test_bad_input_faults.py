@@ -725,3 +725,40 @@ def test_offline_worker_session_stopped_on_signal(tmp_path, how):
         owner.kill()
         for process in _in_session(sid):
             process.kill()
+
+
+STUCK_EXIT_OWNER = textwrap.dedent("""
+    import subprocess, sys, threading, time
+    import mucrasp.serve.vllm_server as v
+    v.SIGNAL_EXIT_S = 2.0
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    # What a request thread stuck in a read does to the exit: the interpreter joins it, forever.
+    threading.Thread(target=time.sleep, args=(600,), name="stuck-request").start()
+    with v.stop_session_on_signals(worker, grace_s=1.0):
+        print(worker.pid, flush=True)
+        time.sleep(600)
+""")
+
+
+def test_exit_after_a_stopping_signal_is_bounded_and_says_what_held_it_up(tmp_path):
+    """The server is stopped at once; if something then holds the interpreter's exit, a watchdog prints
+    every thread's stack and ends the process within SIGNAL_EXIT_S instead of hanging on."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", STUCK_EXIT_OWNER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    sid = int(owner.stdout.readline())
+    try:
+        owner.send_signal(signal.SIGTERM)
+        _, stderr = owner.communicate(timeout=30)
+        assert owner.returncode == 1, stderr  # the watchdog's exit, not a hang (without it: 600 s)
+        assert stderr.startswith("Timeout (0:00:02)!"), stderr
+        assert "in _shutdown" in stderr  # the main thread's stack: the exit, joining the stuck thread
+        assert not _in_session(sid)
+    finally:
+        owner.kill()
+        for process in _in_session(sid):
+            process.kill()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import transformers
 from conftest import ARCHITECTURES  # every registered family
 from typer.testing import CliRunner
 
@@ -20,37 +19,8 @@ from mucrasp.planning.model_shape import model_shape
 from mucrasp.planning.planner import ratio_grid
 from mucrasp.planning.throughput_model import estimate_throughput
 from mucrasp.pruning import prune_in_memory
+from mucrasp.published_configs import qwen25_vl_7b_config
 from mucrasp.tiny_models import build_tiny_model
-
-
-def qwen25_vl_7b_config():
-    """Qwen2.5-VL-7B-Instruct's config.json, the fields that size it."""
-    return transformers.Qwen2_5_VLConfig(
-        architectures=["Qwen2_5_VLForConditionalGeneration"],
-        text_config=dict(
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            vocab_size=152064,
-            tie_word_embeddings=False,
-            max_position_embeddings=128000,
-        ),
-        vision_config=dict(
-            depth=32,
-            hidden_size=1280,
-            intermediate_size=3420,
-            out_hidden_size=3584,
-            num_heads=16,
-            patch_size=14,
-            temporal_patch_size=2,
-            spatial_merge_size=2,
-            window_size=112,
-            fullatt_block_indexes=[7, 15, 23, 31],
-        ),
-        tie_word_embeddings=False,
-    )
 
 
 @pytest.fixture(scope="module")

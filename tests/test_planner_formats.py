@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from conftest import ARCHITECTURES
-from test_planner import TEXT, VISION, qwen25_vl_7b_config
+from test_planner import TEXT, VISION
 from typer.testing import CliRunner
 
 from mucrasp.adapters import adapter_for_config
@@ -20,6 +20,7 @@ from mucrasp.planning.memory_model import estimate_memory
 from mucrasp.planning.model_shape import model_shape
 from mucrasp.planning.planner import predict_export_memory
 from mucrasp.planning.weight_formats import EXPORT_WEIGHTS, FORMATS, check_export_weights
+from mucrasp.published_configs import qwen25_vl_7b_config
 from mucrasp.tiny_models import tiny_config
 
 # The decoder's projections of the 7B (what a format quantizes): every layer less its two norms.

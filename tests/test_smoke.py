@@ -218,7 +218,7 @@ def test_bad_input(exports, tmp_path):
         SmokeConfig(exports["vllm"], backend="transformers", image_size=0).validate()
 
 
-def test_load_image_is_the_workload_size_when_asked(exports):
+def test_load_image_is_the_workload_size_when_asked(exports, tmp_path):
     """`--image-size` (the chain passes the workload's) replaces the spot-check image in the load phase, so the
     measured TTFT is at the size the planner predicted for; a text model gets no image at all."""
     from PIL import Image
@@ -226,10 +226,12 @@ def test_load_image_is_the_workload_size_when_asked(exports):
     from mucrasp.serve.smoke import _load_image
 
     spot = load_spot_check(exports["vllm"])
-    with Image.open(_load_image(spot, True, 300)) as image:
+    made = _load_image(spot, True, tmp_path, 300)
+    assert made.parent == tmp_path  # in the run's scratch folder, which run_smoke removes
+    with Image.open(made) as image:
         assert image.size == (300, 300)
-    assert _load_image(spot, True) == spot.records[0].image
-    assert _load_image(spot, False, 300) is None
+    assert _load_image(spot, True, tmp_path) == spot.records[0].image
+    assert _load_image(spot, False, tmp_path, 300) is None
 
 
 def test_spot_check_round_trip_and_its_absence(exports, tmp_path):
@@ -280,11 +282,11 @@ def test_cpu_dtype_is_bf16_only_for_an_int8_export_on_an_amx_host(tmp_path, monk
     fp8 = export_vllm(tmp_path / "pruned", tmp_path / "fp8", weights="fp8").out  # 8 bits, not int
     for amx, expected in ((True, "bfloat16"), (False, "float32")):
         monkeypatch.setattr(backends, "amx_host", lambda amx=amx: amx)
-        assert backends._vllm_dtype(SmokeConfig(int8), gpu=False) == expected
-        assert backends._vllm_dtype(SmokeConfig(plain), gpu=False) == "float32"
-        assert backends._vllm_dtype(SmokeConfig(fp8), gpu=False) == "float32"
-    assert backends._vllm_dtype(SmokeConfig(int8, dtype="float16"), gpu=False) == "float16"
-    assert backends._vllm_dtype(SmokeConfig(int8), gpu=True) == "auto"
+        assert backends.vllm_dtype(SmokeConfig(int8), gpu=False) == expected
+        assert backends.vllm_dtype(SmokeConfig(plain), gpu=False) == "float32"
+        assert backends.vllm_dtype(SmokeConfig(fp8), gpu=False) == "float32"
+    assert backends.vllm_dtype(SmokeConfig(int8, dtype="float16"), gpu=False) == "float16"
+    assert backends.vllm_dtype(SmokeConfig(int8), gpu=True) == "auto"
 
 
 def test_int8_widths_vllm_cannot_pack_on_amx_are_one_clear_error(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from mucrasp.cli.shared_options import device_option
 from mucrasp.deploy import DeployConfig
 from mucrasp.planning.workload import Workload
 from mucrasp.validation import field_default as _default
@@ -41,9 +42,7 @@ def root(
         help="fp32, fp16 or bf16: the dtype the model is scored, pruned and written in, and the planner sizes "
         "serving for; default: the checkpoint's own (the plan: the profile's best 16-bit dtype).",
     ),
-    device: str = typer.Option(
-        _default(DeployConfig, "device"), help="auto (CUDA when there is one), cpu, cuda or cuda:N."
-    ),
+    device: str = device_option(DeployConfig),
     method: str = typer.Option(_default(DeployConfig, "method"), help="Scoring method for the prune step."),
     calib: Path = typer.Option(
         None,

@@ -8,6 +8,7 @@ import typer
 
 from mucrasp.cli.app import app, console
 from mucrasp.cli.progress import rich_progress
+from mucrasp.cli.shared_options import device_option, dtype_option
 from mucrasp.evaluation.evaluate import EvalConfig
 from mucrasp.validation import field_default as _default
 
@@ -29,13 +30,8 @@ def eval_command(
     ),
     out: Path = typer.Option(None, "--json", help="Also write the report as JSON here."),
     overwrite: bool = typer.Option(_default(EvalConfig, "overwrite"), help="Replace the --json file if it exists."),
-    device: str = typer.Option(
-        _default(EvalConfig, "device"), help="auto (CUDA when there is one), cpu, cuda or cuda:N."
-    ),
-    dtype: str = typer.Option(
-        _default(EvalConfig, "dtype"),
-        help="auto (the checkpoint's, fp32 on a CPU without units for it), bfloat16, float16 or float32.",
-    ),
+    device: str = device_option(EvalConfig),
+    dtype: str = dtype_option(EvalConfig),
 ) -> None:
     """Accuracy, CoT KL (all tokens and pivot windows), perplexity and agreement with the dense model."""
     from rich.table import Table

@@ -10,6 +10,7 @@ import typer
 from mucrasp.allocation import AllocationSettings
 from mucrasp.cli.app import app, console
 from mucrasp.cli.progress import rich_progress
+from mucrasp.cli.shared_options import device_option, dtype_option
 from mucrasp.pruning import PruneConfig
 from mucrasp.validation import field_default as _default
 
@@ -48,13 +49,8 @@ def prune_command(
         None, help="Cut calibration sequences to this many tokens; default: the model's context."
     ),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
-    device: str = typer.Option(
-        _default(PruneConfig, "device"), help="auto (CUDA when there is one), cpu, cuda or cuda:N."
-    ),
-    dtype: str = typer.Option(
-        _default(PruneConfig, "dtype"),
-        help="auto (the checkpoint's, fp32 on a CPU without units for it), bfloat16, float16 or float32.",
-    ),
+    device: str = device_option(PruneConfig),
+    dtype: str = dtype_option(PruneConfig),
     reconstruct: Optional[bool] = typer.Option(
         _default(PruneConfig, "reconstruct"),
         "--reconstruct/--no-reconstruct",

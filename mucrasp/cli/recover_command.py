@@ -8,6 +8,7 @@ import typer
 
 from mucrasp.cli.app import app, console
 from mucrasp.cli.progress import rich_progress
+from mucrasp.cli.shared_options import device_option
 from mucrasp.recovery import RecoverConfig
 from mucrasp.validation import field_default as _default
 
@@ -37,7 +38,7 @@ def recover_command(
     max_seq_len: int = typer.Option(
         None, help="Cut calibration sequences to this many tokens; default: the model's context."
     ),
-    device: str = typer.Option(_default(RecoverConfig, "device"), help="auto, cpu, cuda or cuda:N."),
+    device: str = device_option(RecoverConfig),
     dtype: str = typer.Option(
         _default(RecoverConfig, "dtype"), help="The dense teacher's dtype (the student trains in fp32)."
     ),

@@ -9,6 +9,7 @@ import typer
 
 from mucrasp.cli.app import app, console
 from mucrasp.cli.progress import rich_progress
+from mucrasp.cli.shared_options import device_option, dtype_option
 from mucrasp.scoring.score_job import ScoreConfig
 from mucrasp.validation import field_default as _default
 
@@ -31,13 +32,8 @@ def score_command(
     ),
     option: list[str] = typer.Option(None, "--set", help="Method option KEY=VALUE (repeatable), e.g. window=16."),
     overwrite: bool = typer.Option(_default(ScoreConfig, "overwrite"), help="Replace OUT if it exists."),
-    device: str = typer.Option(
-        _default(ScoreConfig, "device"), help="auto (CUDA when there is one), cpu, cuda or cuda:N."
-    ),
-    dtype: str = typer.Option(
-        _default(ScoreConfig, "dtype"),
-        help="auto (the checkpoint's, fp32 on a CPU without units for it), bfloat16, float16 or float32.",
-    ),
+    device: str = device_option(ScoreConfig),
+    dtype: str = dtype_option(ScoreConfig),
     device_map: str = typer.Option(
         _default(ScoreConfig, "device_map"),
         help="accelerate device map (auto, balanced, sequential): spread or offload.",
