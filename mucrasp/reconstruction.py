@@ -12,8 +12,9 @@ For a pre-norm residual layer `h_mid = h_in + o_proj(a)`, `h_out = h_mid + down_
 Each fit is ridge least squares with an intercept (a bias, unregularised): `(XᵀX + λI) W = XᵀY + λW₀`, with
 `λ = ridge · mean(diag XᵀX)` so one `ridge` suits every layer's scale, and W₀ the prior the ridge shrinks
 toward (`shrink_toward`): zero (plain ridge), or the sliced weights themselves, so a large ridge leaves
-the one-shot pruned layer and a small one the least-squares fit. XᵀX and XᵀY are accumulated in
-fp64 per sample, so memory is one (in+1)² matrix per projection, never the activations of all tokens;
+the one-shot pruned layer and a small one the least-squares fit. XᵀX and XᵀY are accumulated per sample
+where the activations are (fp64 on the CPU, fp32 on an accelerator: `accumulation_dtype`) and solved in
+fp64, so memory is one (in+1)² matrix per projection, never the activations of all tokens;
 the hidden states of both streams (dense and pruned) are kept for the calibration tokens, one layer at
 a time. The intercept generalises FLAP's bias compensation (a bias equal to the removed columns times
 their mean input): with it the fit can only do at least as well on the calibration tokens.
@@ -92,41 +93,60 @@ def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torc
     return out[0] if isinstance(out, tuple) else out
 
 
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """fp64 on the CPU; fp32 on an accelerator, where the activations already are. At 7B a down_proj refit
+    accumulates a 13k × 13k XᵀX over every calibration token, about 3·10¹⁴ flops per model: on the host
+    in fp64 that is the longest step of a GPU run, and consumer GPUs (A10G, L4) run fp64 at 1/32–1/64 of
+    fp32. fp32 sums suffice there because the solve is damped (ridge · mean diag); it runs in fp64."""
+    import torch
+
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+
+
 class _NormalEquations:
-    """XᵀX and XᵀY in fp64 for `y ≈ W x + b`, accumulated token batch by token batch."""
+    """XᵀX and XᵀY for `y ≈ W x + b`, accumulated token batch by token batch where the activations are,
+    in `accumulation_dtype` (the device is that of the first batch)."""
 
     def __init__(self, in_features: int, out_features: int, intercept: bool):
-        import torch
-
-        width = in_features + int(intercept)
+        self.width = in_features + int(intercept)
+        self.out_features = out_features
         self.intercept = intercept
-        self.xtx = torch.zeros(width, width, dtype=torch.float64)
-        self.xty = torch.zeros(width, out_features, dtype=torch.float64)
+        self.xtx = self.xty = None
 
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         import torch
 
-        x = x.detach().reshape(-1, x.shape[-1]).double().cpu()
-        y = y.detach().reshape(-1, y.shape[-1]).double().cpu()
+        if self.xtx is None:
+            dtype = accumulation_dtype(x.device)
+            self.xtx = torch.zeros(self.width, self.width, dtype=dtype, device=x.device)
+            self.xty = torch.zeros(self.width, self.out_features, dtype=dtype, device=x.device)
+        x = x.detach().reshape(-1, x.shape[-1]).to(self.xtx.dtype)
+        y = y.detach().reshape(-1, y.shape[-1]).to(self.xtx.dtype)
         if self.intercept:
             x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
         self.xtx += x.T @ x
         self.xty += x.T @ y
 
     def solve(self, ridge: float, prior: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The ridge solution; `prior` (out × in, or None for zero) is the weight the ridge shrinks toward."""
+        """The ridge solution, in fp64 on the accumulation's device; `prior` (out × in, or None for zero) is
+        the weight the ridge shrinks toward."""
         import torch
 
-        n = self.xtx.shape[0] - int(self.intercept)
-        diagonal = torch.diagonal(self.xtx)[:n]
-        damping = torch.zeros(self.xtx.shape[0], dtype=torch.float64)
+        from mucrasp.errors import MucraspError
+
+        if self.xtx is None:
+            raise MucraspError("reconstruction saw no calibration tokens")
+        xtx, xty = self.xtx.double(), self.xty.double()
+        n = self.width - int(self.intercept)
+        diagonal = torch.diagonal(xtx)[:n]
+        damping = torch.zeros(self.width, dtype=torch.float64, device=xtx.device)
         # Relative to the mean input energy, so one value fits every layer; a floor keeps a dead channel solvable.
         damping[:n] = ridge * float(diagonal.mean()) + 1e-12 * float(diagonal.max().clamp_min(1.0))
-        rhs = self.xty
+        rhs = xty
         if prior is not None:
             rhs = rhs.clone()
-            rhs[:n] += damping[:n, None] * prior.detach().double().cpu().T
-        solution = torch.linalg.solve(self.xtx + torch.diag(damping), rhs)
+            rhs[:n] += damping[:n, None] * prior.detach().to(device=xtx.device, dtype=torch.float64).T
+        solution = torch.linalg.solve(xtx + torch.diag(damping), rhs)
         weight = solution[:n].T.contiguous()
         return weight, (solution[n] if self.intercept else None)
 

@@ -81,6 +81,28 @@ def test_refit_lowers_every_layers_output_error_on_random_weights():
     assert model.model.layers[0].mlp.down_proj.bias is not None
 
 
+def test_accelerator_accumulation_in_fp32_gives_the_cpu_fp64_refit(monkeypatch):
+    """On CUDA the normal equations are summed in fp32 where the activations are (`accumulation_dtype`);
+    forced onto the CPU here, that path must give the fp64 refit at the default ridge."""
+    import mucrasp.reconstruction as reconstruction
+
+    assert reconstruction.accumulation_dtype(torch.device("cpu")) == torch.float64
+    assert reconstruction.accumulation_dtype(torch.device("cuda", 0)) == torch.float32
+    model = build_tiny_model(ARCH)
+    adapter = get_adapter(ARCH)
+    plan = KeepPlan([LayerKeep(torch.arange(0, 384, 2), torch.tensor([1])) for _ in adapter.decoder_layers(model)])
+    refits = {}
+    for dtype in (torch.float64, torch.float32):
+        monkeypatch.setattr(reconstruction, "accumulation_dtype", lambda device, dtype=dtype: dtype)
+        refit = copy.deepcopy(model)
+        slice_and_reconstruct(refit, adapter, plan, _batches(8, 96, seed=1))
+        refits[dtype] = [layer.mlp.down_proj.weight.detach() for layer in refit.model.layers]
+    unfitted = slice_model(copy.deepcopy(model), adapter, plan).model.layers[-1].mlp.down_proj.weight.detach()
+    for fp32, fp64 in zip(refits[torch.float32], refits[torch.float64]):
+        torch.testing.assert_close(fp32, fp64, atol=1e-5, rtol=1e-4)
+    assert float((refits[torch.float64][-1] - unfitted).abs().max()) > 1e-3  # the refit did change the weights
+
+
 def test_a_large_ridge_toward_the_pruned_weights_keeps_them_and_toward_zero_does_not():
     """shrink_toward="pruned": λ → ∞ returns the sliced weights (the intercept, unregularised, still fits)."""
     model = build_tiny_model(ARCH)
