@@ -740,7 +740,7 @@ STUCK_EXIT_OWNER = textwrap.dedent("""
 """)
 
 
-def test_exit_after_a_stopping_signal_is_bounded_and_says_what_held_it_up(tmp_path):
+def test_exit_after_a_stopping_signal_is_bounded_and_says_what_held_it_up():
     """The server is stopped at once; if something then holds the interpreter's exit, a watchdog prints
     every thread's stack and ends the process within SIGNAL_EXIT_S instead of hanging on."""
     owner = subprocess.Popen(
