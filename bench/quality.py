@@ -66,16 +66,20 @@ ABLATIONS = {
     "mucrasp[depth=0.5]": {"depth_balance": 0.5},
     "mucrasp[depth=0.75]": {"depth_balance": 0.75},
     "mucrasp[depth=1]": {"depth_balance": 1.0},
+    "mucrasp[refit=0.5]": {"refit_discount": 0.5},
+    "mucrasp[refit=1]": {"refit_discount": 1.0},
     "mucrasp[W=4]": {"window": 4},
     "mucrasp[W=16]": {"window": 16},
 }
 # Options read while scoring; the others only change fusion and can reuse one scoring pass.
-SCORING_TIME_OPTIONS = {"window", "markers", "fallback_interval", "gradient_checkpointing"}
+SCORING_TIME_OPTIONS = {"window", "markers", "fallback_interval", "gradient_checkpointing", "refit_discount"}
 
 
 def model_setups(names: list[str], args) -> list[dict]:
     setups = []
     if "demo" in names:
+        if args.recover_on == "recovery":
+            raise SystemExit("--recover-on recovery: only smollm has a recovery pool of its own traces")
         data = ensure_demo_data(Path("build/data/demo"), ("calibration", args.eval_split))
         setups.append(
             dict(
@@ -98,6 +102,13 @@ def model_setups(names: list[str], args) -> list[dict]:
         evaluation = traces / "test.jsonl"
         if args.eval_split == "validation":
             evaluation = smollm_validation_split(traces / "calibration.jsonl", args.calib_samples)
+        recovery = None
+        if args.recover_on == "recovery":
+            recovery = traces / "recovery.jsonl"
+            if not recovery.is_file():
+                from mucrasp.demo.text_traces import write_recovery_traces
+
+                write_recovery_traces(model, traces)
         setups.append(
             dict(
                 name="smollm2-135m",
@@ -107,6 +118,7 @@ def model_setups(names: list[str], args) -> list[dict]:
                 limit=args.smollm_items or None,
                 ground_truth=False,
                 max_new_tokens=96,
+                recovery=recovery,
             )
         )
     return setups
@@ -269,11 +281,17 @@ def run_model(
                 recovered = {}
                 if treatment.recovery is not None:
                     if recovery_batches is None:
-                        recovery_batches = calibration.batches(dense.config, PivotConfig(), vision)
+                        # Distil on the calibration traces (the reconstruction set), or on the recovery pool.
+                        source = calibration
+                        if setup.get("recovery") is not None:
+                            source = CalibrationSource(Path(setup["recovery"]), Path(setup["model"]))
+                        recovery_batches = source.batches(dense.config, PivotConfig(), vision)
                     started = time.perf_counter()
                     result = distil(pruned, dense, recovery_batches, treatment.recovery, adapter=adapter)
                     recovered = {
                         "recover_steps": treatment.recovery.steps,
+                        "recover_traces": f"{Path(setup.get('recovery') or calibration.path).name} "
+                        f"({len(recovery_batches)})",
                         "recover_seconds": round(time.perf_counter() - started, 1),
                         "recover_loss_first": round(result.losses[0], 4),
                         "recover_loss_last": round(result.losses[-1], 4),
@@ -413,6 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         "--recover-methods",
         default="mucrasp,taylor,wanda-sp",
         help="methods that get the recover treatment (comma list; all at the same step budget)",
+    )
+    parser.add_argument(
+        "--recover-on",
+        default="calibration",
+        choices=["calibration", "recovery"],
+        help="traces to distil on: the calibration set (also the reconstruction set), or SmolLM2's recovery "
+        "pool of 256 other prompts (disjoint from calibration and test)",
     )
     parser.add_argument("--recover-steps", type=int, default=RecoverySettings().steps)
     parser.add_argument("--recover-lr", type=float, default=RecoverySettings().lr)

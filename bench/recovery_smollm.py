@@ -1,4 +1,4 @@
-"""Recovery of SmolLM2-135M after pruning: held-out CoT KL against distillation steps, per learning rate.
+"""Recovery of SmolLM2-135M after pruning: held-out CoT KL against distillation steps, per learning rate and traces.
 
     .venv/bin/python bench/recovery_smollm.py --ratio 0.3 --calib-samples 64 --lrs 1e-5,3e-5,1e-4 \
         --steps 64 --eval-every 16 --out bench/results/recovery-smollm
@@ -9,10 +9,12 @@ Pipeline, on the same traces and split as `bench/quality.py --eval-split validat
    never calibrates. The test part is not read.
 2. `--method` scores and prunes at `--ratio`, then `--reconstruct` (on by default) refits o_proj and
    down_proj, all in memory (`mucrasp.pruning.prune_in_memory`).
-3. For each learning rate, a copy of that pruned model is distilled from the dense one
-   (`mucrasp.recovery.distil`, the loop `mucrasp-deploy recover` runs), and every `--eval-every`
+3. For each learning rate and each set of traces to distil on (`--recover-on`: the calibration
+   traces, which reconstruction has already fitted, or the recovery pool, 256 other prompts disjoint
+   from calibration, validation and test), a copy of that pruned model is distilled from the dense
+   one (`mucrasp.recovery.distil`, the loop `mucrasp-deploy recover` runs), and every `--eval-every`
    steps its teacher-forced CoT KL(dense || model) on the validation traces is measured: a learning
-   curve per rate, side by side in one run, plus the seconds per step.
+   curve per run, side by side in one run, plus the seconds per step.
 
 This is where recovery's defaults (steps, lr) are chosen: on validation, never on the test part.
 Writes `<out>.{md,json,png}`.
@@ -47,7 +49,7 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def learning_curve(pruned, dense, train, validation, settings: RecoverySettings, every: int) -> dict:
+def learning_curve(pruned, dense, train, validation, settings: RecoverySettings, every: int, traces: str) -> dict:
     """Distil a copy of `pruned`; the validation KL at step 0 and every `every` steps, and the time per step."""
     student = copy.deepcopy(pruned)
     curve = [(0, mean_distillation_loss(student, dense, validation))]
@@ -66,6 +68,7 @@ def learning_curve(pruned, dense, train, validation, settings: RecoverySettings,
     training_seconds = time.perf_counter() - started - evaluation_seconds
     return {
         "lr": settings.lr,
+        "traces": f"{traces} ({len(train)})",
         "curve": [{"step": s, "validation_kl": round(kl, 5)} for s, kl in curve],
         "train_losses": [round(v, 5) for v in result.losses],
         "seconds_per_step": round(training_seconds / settings.steps, 3),
@@ -81,7 +84,8 @@ def plot(payload: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, run in enumerate(payload["runs"]):
         steps = [p["step"] for p in run["curve"]]
-        ax.plot(steps, [p["validation_kl"] for p in run["curve"]], marker="o", color=f"C{i}", label=f"lr {run['lr']:g}")
+        label = f"lr {run['lr']:g}, on {run.get('traces', 'calibration')}"
+        ax.plot(steps, [p["validation_kl"] for p in run["curve"]], marker="o", color=f"C{i}", label=label)
     ax.axhline(payload["oneshot_validation_kl"], color="grey", linestyle=":", label="one-shot (no reconstruction)")
     ax.set(
         title=f"SmolLM2-135M, {payload['method']} at {payload['ratio']:g}: recovery on validation traces",
@@ -112,12 +116,13 @@ def markdown(payload: dict) -> str:
         "",
         "Validation CoT KL(dense || model) per response token, by distillation step:",
         "",
-        "| lr | s/step | " + " | ".join(f"step {s}" for s in steps) + " |",
-        "|---|---|" + "---|" * len(steps),
+        "| lr | distilled on (traces) | s/step | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|---|---|" + "---|" * len(steps),
     ]
     for run in payload["runs"]:
         values = " | ".join(f"{p['validation_kl']:.4f}" for p in run["curve"])
-        lines.append(f"| {run['lr']:g} | {run['seconds_per_step']:.2f} | {values} |")
+        traces = run.get("traces", "calibration")
+        lines.append(f"| {run['lr']:g} | {traces} | {run['seconds_per_step']:.2f} | {values} |")
     return "\n".join(lines) + "\n"
 
 
@@ -131,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lrs", default="1e-5,3e-5,1e-4")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=16)
+    parser.add_argument(
+        "--recover-on",
+        default="calibration",
+        help="traces to distil on, comma list: calibration (the calibration traces), recovery (the recovery pool)",
+    )
     parser.add_argument("--batch-size", type=int, default=field_default(RecoverySettings, "batch_size"))
     parser.add_argument("--smollm-traces", default="build/data/smollm")
     parser.add_argument("--out", default="bench/results/recovery-smollm")
@@ -163,10 +173,20 @@ def main(argv: list[str] | None = None) -> int:
         pruned, adapter, args.ratio, method=args.method, calibration=calibration, reconstruct=not args.no_reconstruct
     )
     prune_seconds = time.perf_counter() - started
+    sources = {"calibration": train}
+    if "recovery" in args.recover_on.split(","):
+        if not (traces / "recovery.jsonl").is_file():
+            from mucrasp.demo.text_traces import write_recovery_traces
+
+            write_recovery_traces(model_dir, traces)
+        sources["recovery"] = CalibrationSource(traces / "recovery.jsonl", model_dir).batches(
+            dense.config, PivotConfig(), vision=False
+        )
     runs = []
     for lr in [float(v) for v in args.lrs.split(",") if v]:
-        settings = RecoverySettings(steps=args.steps, lr=lr, batch_size=args.batch_size)
-        runs.append(learning_curve(pruned, dense, train, validation, settings, args.eval_every))
+        for name in [v for v in args.recover_on.split(",") if v]:
+            settings = RecoverySettings(steps=args.steps, lr=lr, batch_size=args.batch_size)
+            runs.append(learning_curve(pruned, dense, sources[name], validation, settings, args.eval_every, name))
     payload = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32",

@@ -61,7 +61,7 @@ class _StopForward(Exception):
     """Raised by the capture hook once the first decoder layer's inputs are recorded."""
 
 
-def _layer_inputs(model: PreTrainedModel, adapter: ArchitectureAdapter, batches: list[CalibrationBatch]):
+def capture_layer_inputs(model: PreTrainedModel, adapter: ArchitectureAdapter, batches: list[CalibrationBatch]):
     """Per sample: the hidden states entering decoder layer 0 and the keyword arguments it is called with
     (masks, rotary embeddings: whatever the family passes), captured by stopping the forward there."""
     import torch
@@ -88,7 +88,7 @@ def _layer_inputs(model: PreTrainedModel, adapter: ArchitectureAdapter, batches:
     return captured
 
 
-def _run(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+def run_layer(layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     out = layer(hidden, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
@@ -187,7 +187,7 @@ def _fit(
         with torch.no_grad():
             for index, (hidden, kwargs) in enumerate(stream):
                 current[0] = index
-                _run(layer, hidden, kwargs)
+                run_layer(layer, hidden, kwargs)
     finally:
         handle.remove()
     prior = linear.weight if settings.shrink_toward == "pruned" else None
@@ -202,7 +202,7 @@ def _capture_output(layer: nn.Module, linear: nn.Linear, stream) -> tuple[list[t
     handle = linear.register_forward_hook(lambda module, args, output: projected.append(output.detach()))
     try:
         with torch.no_grad():
-            outputs = [_run(layer, hidden, kwargs).detach() for hidden, kwargs in stream]
+            outputs = [run_layer(layer, hidden, kwargs).detach() for hidden, kwargs in stream]
     finally:
         handle.remove()
     return outputs, projected
@@ -231,7 +231,7 @@ def slice_and_reconstruct(
         raise MucraspError("--reconstruct needs calibration data (--calib FILE)")
     _check(model, adapter, plan)
     layers = adapter.decoder_layers(model)
-    dense = _layer_inputs(model, adapter, batches)
+    dense = capture_layer_inputs(model, adapter, batches)
     pruned = [(hidden.clone(), kwargs) for hidden, kwargs in dense]
     errors = []
     for i, (layer, keep) in enumerate(zip(layers, plan.layers)):
@@ -250,7 +250,7 @@ def slice_and_reconstruct(
         after = _relative_error(layer, pruned, dense_out)
         errors.append({"layer": i, "before": round(before, 6), "after": round(after, 6)})
         with torch.no_grad():
-            pruned = [(_run(layer, hidden, kwargs).detach(), kwargs) for hidden, kwargs in pruned]
+            pruned = [(run_layer(layer, hidden, kwargs).detach(), kwargs) for hidden, kwargs in pruned]
         dense = [(out, kwargs) for out, (_, kwargs) in zip(dense_out, dense)]
         if progress is not None:
             progress("reconstruction", i + 1, len(layers))
@@ -270,7 +270,7 @@ def _relative_error(layer: nn.Module, stream, targets: list[torch.Tensor]) -> fl
     num = den = 0.0
     with torch.no_grad():
         for (hidden, kwargs), target in zip(stream, targets):
-            out = _run(layer, hidden, kwargs)
+            out = run_layer(layer, hidden, kwargs)
             num += float((out.double() - target.double()).pow(2).sum())
             den += float(target.double().pow(2).sum())
     return (num / max(den, 1e-30)) ** 0.5

@@ -61,9 +61,12 @@ def test_written_split_loads_as_calibration_data(tmp_path):
 def test_word_problems_are_deterministic_and_split():
     assert word_problems() == word_problems()
     assert len(word_problems()) >= 300
-    assert len(split_prompts("calibration")) == 128 and not set(split_prompts("calibration")) & set(
-        split_prompts("test")
-    )
+    calibration, test, recovery = (set(split_prompts(s)) for s in ("calibration", "test", "recovery"))
+    assert (len(calibration), len(test), len(recovery)) == (128, 192, 256)
+    assert not calibration & test and not recovery & (calibration | test)
+    assert split_prompts("test") == word_problems()[128:]  # the recovery pool leaves the test part as it was
+    with pytest.raises(ValueError, match="unknown word-problem split"):
+        split_prompts("train")
 
 
 def test_demo_data_written_by_an_older_generator_is_rewritten(tmp_path):

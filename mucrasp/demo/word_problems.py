@@ -2,7 +2,8 @@
 
 Their calibration and evaluation traces are the dense model's own greedy answers (see
 `mucrasp.evaluation.traces`), so the prompts only have to invite step-by-step reasoning.
-Split: the first 128 are calibration, the rest are test; never tune on the test part.
+Split: the first 128 are calibration, the next 192 are test (never tune on them), and the 256 after
+those are a recovery pool: more of the model's own traces to distil on, disjoint from both.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ ITEMS = ["apples", "books", "marbles", "pencils", "cookies", "stickers", "coins"
 SUFFIX = " Think step by step."
 N_PROMPTS = 320
 N_CALIBRATION = 128
+N_RECOVERY = 256
+SPLITS = ("calibration", "test", "recovery")
 
 TEMPLATES = [
     lambda r, n, i: f"{n} has {r.randint(2, 9)} {i} and buys {r.randint(2, 9)} more. How many {i} does {n} have now?",
@@ -68,5 +71,12 @@ def word_problems(seed: int = 0, n: int = N_PROMPTS) -> list[str]:
 
 
 def split_prompts(split: str) -> list[str]:
-    prompts = word_problems()
-    return prompts[:N_CALIBRATION] if split == "calibration" else prompts[N_CALIBRATION:]
+    # The recovery pool draws past the first N_PROMPTS from the same generator, so the calibration and
+    # test parts are the same whether or not it exists.
+    if split == "calibration":
+        return word_problems()[:N_CALIBRATION]
+    if split == "test":
+        return word_problems()[N_CALIBRATION:]
+    if split == "recovery":
+        return word_problems(n=N_PROMPTS + N_RECOVERY)[N_PROMPTS:]
+    raise ValueError(f"unknown word-problem split {split!r} (choose from {', '.join(SPLITS)})")

@@ -21,6 +21,8 @@ from pydantic import ConfigDict, Field
 
 from mucrasp.calibration.batches import resolve_batches, summarize
 from mucrasp.calibration.pivots import DEFAULT_MARKERS, PivotConfig
+from mucrasp.errors import MucraspError
+from mucrasp.reconstruction import ReconstructionSettings
 from mucrasp.scoring.base import (
     ScoreComponents,
     ScoringContext,
@@ -31,6 +33,7 @@ from mucrasp.scoring.base import (
 )
 from mucrasp.scoring.modality import ModalityStatistics, ProtectionConfig, protection, record_hidden_states
 from mucrasp.scoring.options import method_config
+from mucrasp.scoring.refit_discount import unrecoverable_fractions
 from mucrasp.scoring.registry import register_method
 from mucrasp.scoring.taylor_hooks import taylor_scores
 from mucrasp.units import ATTN, MLP, UnitScores
@@ -67,6 +70,10 @@ class MucraspConfig(JobConfig):
     # and 0.685 → 0.745 at 0.7; SmolLM2 CoT KL 0.138 → 0.121 at 0.3, 0.277 both at 0.5. 1.0 was worse
     # on SmolLM2 (0.133 at 0.3). One-shot without reconstruction it costs the demo VLM at 0.7.
     depth_balance: float = Field(0.5, ge=0.0, le=1.0)
+    # Refit discount (measured at scoring time when > 0, applied at prune time): each unit's value times
+    # c ** refit_discount, c the fraction of its output that reconstruction's refit cannot restore
+    # (`refit_discount`). Our extension, not the paper's; 0 (off) until a validation split favours it.
+    refit_discount: float = Field(0.0, ge=0.0, le=2.0)
     # Calibration (applied at scoring time)
     window: int = Field(8, ge=1)
     markers: StrTuple = DEFAULT_MARKERS
@@ -113,20 +120,25 @@ class MucraspMethod(ScoringMethod):
                 progress=context.progress,
                 before_forward=stats.start_sample,
             )
+        unit_scores = dict(scores)
+        if config.refit_discount > 0:
+            unit_scores["unrecoverable"] = unrecoverable_fractions(
+                model, adapter, batches, ReconstructionSettings().ridge, context.progress
+            )
         summary = summarize(batches)
         details = {
             "calibration": summary.as_dict(),
             "scoring_options": {
                 k: v
                 for k, v in config.model_dump().items()
-                if k in ("window", "fallback_interval", "gradient_checkpointing")
+                if k in ("window", "fallback_interval", "gradient_checkpointing", "refit_discount")
             }
             | {"markers": list(config.markers)},
             "memory": memory,
         }
         return ScoreComponents(
             self.name,
-            scores,
+            unit_scores,
             layer_stats={"cmds": stats.cmds(), "sens": stats.sens()},
             details=details,
         )
@@ -141,6 +153,8 @@ class MucraspMethod(ScoringMethod):
             [(1 - gamma) * g + gamma * p for g, p in zip(a_global.attn, a_pivot.attn)],
         )
         fused = flatten_depth_profile(fused, config.depth_balance)
+        if config.refit_discount > 0:
+            fused = _discount(fused, components, config.refit_discount)
         cmds, sens = components.layer_stats["cmds"], components.layer_stats["sens"]
         prot = protection(sens, cmds, config.protection())
         values = UnitScores(
@@ -149,7 +163,12 @@ class MucraspMethod(ScoringMethod):
         )
         details = dict(components.details) | {
             "gamma_dyn": gamma,
-            "fusion": {"gamma_base": config.gamma_base, "rho": config.rho, "depth_balance": config.depth_balance},
+            "fusion": {
+                "gamma_base": config.gamma_base,
+                "rho": config.rho,
+                "depth_balance": config.depth_balance,
+                "refit_discount": config.refit_discount,
+            },
             "protection_config": asdict(config.protection()),
             "per_layer": {
                 "cmds": _rounded(cmds),
@@ -159,6 +178,19 @@ class MucraspMethod(ScoringMethod):
             },
         }
         return ScoringResult(values, details)
+
+
+def _discount(values: UnitScores, components: ScoreComponents, exponent: float) -> UnitScores:
+    fractions = components.unit_scores.get("unrecoverable")
+    if fractions is None:
+        raise MucraspError(
+            "refit_discount needs the refit fractions, which these scores lack: score again with "
+            "--set refit_discount=VALUE (any value above 0 measures them)"
+        )
+    return UnitScores(
+        [v * c.double() ** exponent for v, c in zip(values.mlp, fractions.mlp)],
+        [v * c.double() ** exponent for v, c in zip(values.attn, fractions.attn)],
+    )
 
 
 def _rounded(values: torch.Tensor) -> list[float]:
