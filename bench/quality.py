@@ -502,9 +502,9 @@ def main(argv: list[str] | None = None) -> int:
             noise_floor=args.noise_floor,
         )
     header = f"Measured {time.strftime('%Y-%m-%d')} on {machine} in {time.perf_counter() - started:.0f}s (`{command}`)."
-    write_json_atomic(out.with_suffix(".json"), {"header": header, "rows": rows})
-    write_text_atomic(out.with_suffix(".md"), markdown(rows, header))
-    plot(rows, out.with_suffix(".png"))
+    write_json_atomic(out.with_name(out.name + ".json"), {"header": header, "rows": rows})
+    write_text_atomic(out.with_name(out.name + ".md"), markdown(rows, header))
+    plot(rows, out.with_name(out.name + ".png"))
     partial.unlink(missing_ok=True)
     print(markdown(rows, header))
     return 0
