@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 # Lint first (line length and import order, configured in pyproject.toml), then the suite.
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The main job on the bundled demo VLM: the planner chooses the ratio for a Jetson Orin Nano serving
 # 4 sequences of 512 tokens (the demo's whole context) at 42500 tokens/s in W8A8 (int8) weights, which

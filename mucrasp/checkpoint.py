@@ -129,6 +129,8 @@ def save_pruned(
     record_widths(model, adapter, plan)
     if dtype is not None and next(model.parameters()).dtype != dtype:
         model.to(dtype)
+    # transformers (5.19) stamps only the top-level config; a sub-config would keep the dtype it was loaded in
+    record_dtype(model.config, next(model.parameters()).dtype)
     shard_size = source_shard_size(source_dir)
     # The source must survive: refuse an output that is, holds, or lies inside it (`--out SRC --overwrite`).
     with atomic_directory(out_dir, overwrite=overwrite, inputs=(source_dir,)) as staging:
@@ -139,6 +141,13 @@ def save_pruned(
         write_remote_code(staging, adapter.hf_remote_code_names(model) if per_layer else None)
         write_json_atomic(staging / MANIFEST_NAME, {**manifest, "carried_files": carried})
     return out_dir
+
+
+def record_dtype(config: Any, dtype: torch.dtype) -> None:
+    """Record the dtype the weights are written in on the config and on each sub-config (text, vision)."""
+    for part in [config] + [getattr(config, name, None) for name in getattr(config, "sub_configs", {})]:
+        if part is not None:
+            part.dtype = dtype
 
 
 def read_json_file(path: Path) -> Any:

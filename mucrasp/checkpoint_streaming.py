@@ -26,6 +26,7 @@ from mucrasp.checkpoint import (
     file_keys,
     per_layer_widths,
     read_safetensors_header,
+    record_dtype,
     record_widths,
     weight_files,
 )
@@ -154,13 +155,7 @@ def save_pruned_streaming(
             raise MucraspError(f"{source_dir}: the weights lack {missing[0]}")
         if len(shards) > 1 or (source_dir / INDEX_NAME).is_file():
             write_json_atomic(staging / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
-        # what save_pretrained records of an in-memory model: its dtype, on the config and each sub-config
-        written = dtype or _stored_dtype(shards[0])
-        for config in [model.config] + [
-            getattr(model.config, name) for name in getattr(model.config, "sub_configs", {})
-        ]:
-            if config is not None:
-                config.dtype = written
+        record_dtype(model.config, dtype or _stored_dtype(shards[0]))
         model.config.save_pretrained(staging)
         if (source_dir / "generation_config.json").is_file():
             GenerationConfig.from_pretrained(source_dir).save_pretrained(staging)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -159,7 +160,21 @@ VLLM_PROMPTS = [[1, 5, 9, 33, 2, 7, 300, 41], [1, 400, 3, 77, 81, 9, 9, 12, 13, 
 # Largest |prompt log-prob difference| of the W8A8 export on vLLM against the unquantized model on
 # transformers (fp32): measured 0.036 with fp32 activations, 0.071 in bf16 (an AMX host, where vLLM's int8
 # kernel takes bf16 activations only; tests/export_helpers picks the dtype as the smoke test does).
+# W8A8 simulated in torch (per-channel weights, per-token activations) gives 0.036 on this model too.
+# On an x86 host without VNNI or AMX (AVX2 only, the CI machine) vLLM's oneDNN int8 GEMM is less exact
+# than that simulation: measured 0.176 (AVX2's int8 dot products pass through int16 pairs, which can
+# saturate; not isolated further). A broken export (wrong scale, layout, width) is off by nats.
 LOGPROB_TOLERANCE = 0.1
+LOGPROB_TOLERANCE_AVX2_ONLY = 0.3
+
+
+def _int8_dot_products_in_hardware() -> bool:
+    """VNNI or AMX: int8 dot products that accumulate in int32 without the AVX2 int16 intermediate."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return True  # not Linux x86: hold the tight bound
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}) or "avx2" not in flags
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +223,7 @@ def test_w8a8_export_serves_on_vllm_cpu(w8a8):
         worst = max(worst, max(abs(a - b) for a, b in zip(expected, out["prompt_logprobs"][1:])))
         assert len(out["token_ids"]) == 8
     print(f"W8A8 on vLLM vs fp32 transformers: worst |prompt log-prob difference| {worst:.4f}")
-    assert worst < LOGPROB_TOLERANCE
+    assert worst < (LOGPROB_TOLERANCE if _int8_dot_products_in_hardware() else LOGPROB_TOLERANCE_AVX2_ONLY)
     assert len(served["image_prompts"][0]["token_ids"]) == 8  # with an image, through the unquantized tower
 
 
