@@ -275,8 +275,9 @@ def prune_step(ctx: DeployContext) -> None:
 
 
 def recover_step(ctx: DeployContext) -> None:
-    """`--recover-steps N`: distil the dense model into the pruned one (mucrasp.recovery) on the calibration
-    traces; the recovered checkpoint (same widths, pruning.json with a `recovery` entry) replaces model/."""
+    """`--recover-steps N`: distil the dense model into the pruned one (mucrasp.recovery) on the user's
+    --calib traces, or with none on self-calibration's recovery prompts (fresh traces, not the pruning set's);
+    the recovered checkpoint (same widths, pruning.json with a `recovery` entry) replaces model/."""
     import shutil
 
     c = ctx.config
@@ -293,7 +294,8 @@ def recover_step(ctx: DeployContext) -> None:
             pruned=model_dir,
             dense=ctx.model_dir,
             out=recovered,
-            calibration=ctx.calibration,
+            calibration=None if ctx.self_calibration is not None else ctx.calibration,
+            trace_max_new_tokens=c.self_calibration.max_new_tokens,
             steps=c.recover_steps,
             max_seq_len=c.max_seq_len,
             cache_dir=ctx.cache_dir,

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pydantic import Field
 
+from mucrasp.calibration.self_calibration import SelfCalibrationConfig
 from mucrasp.devices import DeviceSpec, DtypeSpec
 from mucrasp.errors import MucraspError
-from mucrasp.validation import JobConfig
+from mucrasp.validation import JobConfig, field_default
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +75,9 @@ class RecoverConfig(RecoverySettings):
     pruned: Path
     dense: Path
     out: Path
-    calibration: Path | None = None  # None: self-calibration (the dense model's own answers to bundled prompts)
+    # None: self-calibration on the bundled recovery prompts (`recovery_traces`), not the pruning set's
+    calibration: Path | None = None
+    trace_max_new_tokens: int = Field(field_default(SelfCalibrationConfig, "max_new_tokens"), ge=1)
     max_seq_len: int | None = Field(None, ge=1)  # calibration sequences are cut to this; None: the model's context
     cache_dir: Path | None = None  # for self-calibration; None: $MUCRASP_CACHE_DIR or ~/.cache/mucrasp
     overwrite: bool = False
@@ -357,6 +360,18 @@ def _state_key(config: RecoverConfig, calibration: Path) -> str:
     return digest.hexdigest()[:24]
 
 
+def recovery_traces(config: RecoverConfig, vision: bool) -> SelfCalibrationConfig:
+    """Self-calibration for distillation: the bundled recovery prompts (disjoint from the calibration and
+    test parts), one trace per training sample (steps × batch_size) up to the pool's size, so a short run
+    never sees a trace twice."""
+    from mucrasp.calibration.self_calibration import pool_size
+
+    samples = min(config.steps * config.batch_size, pool_size(vision, "recovery"))
+    return SelfCalibrationConfig(
+        split="recovery", samples=samples, spot_check=0, max_new_tokens=config.trace_max_new_tokens
+    )
+
+
 def recover(
     config: RecoverConfig,
     progress: ProgressCallback = _no_progress,
@@ -397,14 +412,15 @@ def recover(
     teacher.model.to(device)
     student.model.to(device)
 
+    vision = dense_adapter.is_vision_language
     if config.calibration is not None:
         calibration, source = Path(config.calibration), str(config.calibration)
     else:
         from mucrasp.calibration.self_calibration import self_calibrate
 
-        made = self_calibrate(config.dense, cache_dir=config.cache_dir, loaded=teacher, progress=progress)
-        calibration, source = made.calibration, f"self-calibration {made.calibration}"
-    vision = dense_adapter.is_vision_language
+        traces = recovery_traces(config, vision)
+        made = self_calibrate(config.dense, config.cache_dir, traces, loaded=teacher, progress=progress)
+        calibration, source = made.calibration, f"self-calibration ({traces.split} prompts) {made.calibration}"
     processor = load_processor(config.dense, vision)
     batches = build_batches(
         load_records(calibration), processor, teacher.model.config, PivotConfig(), vision, config.max_seq_len

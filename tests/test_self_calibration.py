@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from calib_helpers import save_processor
@@ -35,8 +36,25 @@ def test_calibration_and_spot_check_prompts_are_disjoint_and_seeded(vision):
     assert not {key(p) for p in calibration} & {key(p) for p in spot}
     assert split_pool(pool, settings) == (calibration, spot)
     assert split_pool(pool, settings.model_copy(update={"seed": 1}))[0] != calibration
-    with pytest.raises(MucraspError, match="bundled set has"):
+    with pytest.raises(MucraspError, match="bundled calibration set has"):
         split_pool(pool, SelfCalibrationConfig(samples=len(pool), spot_check=1))
+
+
+@pytest.mark.parametrize("vision", [False, True])
+def test_the_recovery_pool_is_larger_and_shares_no_prompt_with_calibration_or_test(vision):
+    from mucrasp.calibration.self_calibration import pool_size
+    from mucrasp.demo.dataset import split_seeds
+    from mucrasp.demo.word_problems import split_prompts
+
+    _, recovery = prompt_pool(vision, "recovery")
+    _, calibration = prompt_pool(vision, "calibration")
+    assert len(recovery) == pool_size(vision, "recovery") > len(calibration)
+    if vision:  # the scenes differ by seed; their questions repeat
+        seeds = {p.scene_seed for p in recovery}
+        assert not seeds & {p.scene_seed for p in calibration} and not seeds & set(split_seeds("test"))
+    else:
+        texts = {p.text for p in recovery}
+        assert not texts & {p.text for p in calibration} and not texts & set(split_prompts("test"))
 
 
 def test_self_calibration_is_deterministic_cached_and_disjoint(text_model, tmp_path):
@@ -95,3 +113,22 @@ def test_the_chain_without_calib_self_calibrates_scores_with_the_method_asked_an
     spot = load_records(out / "export" / "spot_check.jsonl")
     used = tmp_path / "cache" / "self-calibration" / saved["self_calibration"]["key"] / "calibration.jsonl"
     assert spot and not {r.prompt for r in spot} & {r.prompt for r in load_records(used)}
+    # recovery distilled on its own traces: the recovery prompts, one per sample of its 2 steps x 4
+    recovery = manifest["recovery"]["calibration"]
+    assert recovery.startswith("self-calibration (recovery prompts)"), recovery
+    distilled = load_records(recovery.split()[-1])
+    assert len(distilled) == manifest["recovery"]["samples"] and 0 < len(distilled) <= 2 * 4
+    assert not {r.prompt for r in distilled} & {r.prompt for r in load_records(used)}
+    assert not (Path(recovery.split()[-1]).parent / "spot_check.jsonl").exists()
+
+
+def test_recovery_traces_are_one_per_training_sample_up_to_the_pool():
+    from mucrasp.recovery import RecoverConfig, recovery_traces
+
+    def traces(steps, vision=False):
+        return recovery_traces(RecoverConfig(pruned="p", dense="d", out="o", steps=steps, batch_size=4), vision)
+
+    short = traces(5)
+    assert (short.split, short.samples, short.spot_check) == ("recovery", 20, 0)
+    assert traces(1000).samples == traces(1000, vision=True).samples == 256  # capped at the pool
+    assert short.max_new_tokens == SelfCalibrationConfig().max_new_tokens

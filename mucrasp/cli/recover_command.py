@@ -19,7 +19,9 @@ def recover_command(
     dense: Path = typer.Option(..., "--dense", help="The dense model it was pruned from: the teacher."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the recovered pruned checkpoint."),
     calib: Path = typer.Option(
-        None, help="Calibration JSONL (the dense model's traces); default: self-calibration on bundled prompts."
+        None,
+        help="Calibration JSONL (the dense model's traces); default: its answers to the bundled recovery prompts, "
+        "one per training sample (steps x batch size, up to 256).",
     ),
     steps: int = typer.Option(_default(RecoverConfig, "steps"), help="Optimizer steps."),
     lr: float = typer.Option(_default(RecoverConfig, "lr"), help="AdamW learning rate."),

@@ -2,8 +2,9 @@
 
 Each split draws scenes from its own seed range, so no split can share a seed with another:
 train is streamed from [0, 1e6) during training and never written, calibration is [1e6, 1e6+128),
-test is [2e6, 2e6+n), validation is [3e6, 3e6+200). The test split is for evaluation only: never
-calibrate or tune on it. Method choices (ablations, defaults) are made on validation.
+test is [2e6, 2e6+n), validation is [3e6, 3e6+200), recovery (self-calibration's distillation pool for
+`recover`) is [4e6, 4e6+256). The test split is for evaluation only: never calibrate or tune on it.
+Method choices (ablations, defaults) are made on validation.
 """
 
 from __future__ import annotations
@@ -14,8 +15,14 @@ from pathlib import Path
 from mucrasp.atomic_io import atomic_directory
 from mucrasp.demo.scenes import Scene, make_scene
 
-SPLIT_SEED_BASE = {"train": 0, "calibration": 1_000_000, "test": 2_000_000, "validation": 3_000_000}
-SPLIT_SIZES = {"calibration": 128, "test": 500, "validation": 200}
+SPLIT_SEED_BASE = {
+    "train": 0,
+    "calibration": 1_000_000,
+    "test": 2_000_000,
+    "validation": 3_000_000,
+    "recovery": 4_000_000,
+}
+SPLIT_SIZES = {"calibration": 128, "test": 500, "validation": 200, "recovery": 256}
 
 
 def split_seeds(split: str, n: int | None = None) -> range:
