@@ -101,6 +101,9 @@ def _smoke_lines(smoke: dict[str, Any] | None) -> list[str]:
         if "score" in spot
         else f"- spot-check: skipped ({spot.get('skipped', 'no set')})",
     ]
+    note = (smoke.get("backend_details") or {}).get("cpu_int8_note")
+    if note:
+        lines.append(f"- note: {note}")
     for failure in smoke.get("failures", []):
         lines.append(f"- FAILED: {failure}")
     return lines

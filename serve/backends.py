@@ -8,6 +8,7 @@ sampled over both, model loading included: a server that cannot hold its weights
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from mucrasp.errors import MucraspError
 from mucrasp.serve.config import SmokeConfig
 from mucrasp.serve.memory import PeakGpu, PeakRss, gpu_available, wait_gone
 from mucrasp.serve.requests import ChatRequest, PhaseResult, RequestResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -302,6 +305,27 @@ def check_cpu_int8_widths(export_dir: Path) -> None:
             )
 
 
+# Measured on the tiny W8A8 test model (tests/test_quantized_exports.py): the worst prompt log-prob difference
+# from the unquantized model on vLLM's CPU engine, with and without VNNI/AMX.
+CPU_INT8_DRIFT_NATS = {"vnni": 0.036, "avx2": 0.176}
+
+
+def cpu_int8_accuracy_note(export_dir: Path) -> str | None:
+    """For an int8 (W8A8) export served on a CPU without VNNI or AMX: a warning that its numbers are this
+    CPU's, not the deployment's. Logged, and kept in the report's backend details; None otherwise."""
+    from mucrasp.devices import cpu_int8_dot_products
+
+    if not _int8_weights(export_dir) or cpu_int8_dot_products():
+        return None
+    note = (
+        "this CPU has no VNNI or AMX, so vLLM's int8 GEMM runs on AVX2 and is less exact than on the hardware "
+        f"W8A8 is meant for (prompt log-probs off by up to {CPU_INT8_DRIFT_NATS['avx2']} nats on the test model, "
+        f"against {CPU_INT8_DRIFT_NATS['vnni']} with VNNI): the spot-check and KL here understate the export"
+    )
+    log.warning(note)
+    return note
+
+
 def amx_host() -> bool:
     import torch
 
@@ -352,8 +376,10 @@ def run_vllm_server(
 
     gpu = gpu_available()
     vision = "vision_config" in model_config(config.export_dir)
+    cpu_int8_note = None
     if not gpu:
         check_cpu_int8_widths(config.export_dir)
+        cpu_int8_note = cpu_int8_accuracy_note(config.export_dir)
     # The log goes where the report goes, and stays there only if the server fails.
     log_path = (Path(config.log_dir) if config.log_dir else config.report_path.parent) / "vllm-server.log"
     server = VllmServer(
@@ -397,6 +423,7 @@ def run_vllm_server(
             "server_pids": sorted(server.pids),
             "ready_after_s": round(server.ready_after_s or 0, 1),
             "requests_s": round(time.perf_counter() - started, 2),
+            "cpu_int8_note": cpu_int8_note,
         }
     finally:
         server.stop()
@@ -418,8 +445,10 @@ def run_vllm_offline(
     """vllm.LLM without a server, in a worker process: the engine's memory is measurable and goes away."""
     gpu = gpu_available()
     vision = "vision_config" in model_config(config.export_dir)
+    cpu_int8_note = None
     if not gpu:
         check_cpu_int8_widths(config.export_dir)
+        cpu_int8_note = cpu_int8_accuracy_note(config.export_dir)
     with tempfile.TemporaryDirectory(prefix="mucrasp-vllm-offline-") as tmp:
         request = Path(tmp) / "request.json"
         result = Path(tmp) / "result.json"
@@ -480,7 +509,12 @@ def run_vllm_offline(
 
         reported = reported_allocation(log)  # for the planner's memory figures, as the server run
     load_phase = PhaseResult([RequestResult(**r) for r in data["load"]], data["load_wall_s"])
-    details = {"offline": True, "dtype": vllm_dtype(config, gpu), "vllm_reported": reported}
+    details = {
+        "offline": True,
+        "dtype": vllm_dtype(config, gpu),
+        "vllm_reported": reported,
+        "cpu_int8_note": cpu_int8_note,
+    }
     return BackendRun(load_phase, data["spot"], sampler.bytes, "gpu" if gpu else "rss", details)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -19,6 +18,7 @@ from mucrasp.calibration.batches import load_processor
 from mucrasp.demo.bundled import bundled_demo_model
 from mucrasp.demo.dataset import split_seeds
 from mucrasp.demo.scenes import make_scene
+from mucrasp.devices import cpu_int8_dot_products
 from mucrasp.errors import MucraspError
 from mucrasp.evaluation.generation import chat_prompt
 from mucrasp.export.onnx_export import export_onnx
@@ -168,15 +168,6 @@ LOGPROB_TOLERANCE = 0.1
 LOGPROB_TOLERANCE_AVX2_ONLY = 0.3
 
 
-def _int8_dot_products_in_hardware() -> bool:
-    """VNNI or AMX: int8 dot products that accumulate in int32 without the AVX2 int16 intermediate."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return True  # not Linux x86: hold the tight bound
-    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}) or "avx2" not in flags
-
-
 @pytest.fixture(scope="module")
 def w8a8(tmp_path_factory):
     """A per-layer pruned tiny Qwen2.5-VL (every layer its own MLP width and KV-head count) as W8A8."""
@@ -223,7 +214,7 @@ def test_w8a8_export_serves_on_vllm_cpu(w8a8):
         worst = max(worst, max(abs(a - b) for a, b in zip(expected, out["prompt_logprobs"][1:])))
         assert len(out["token_ids"]) == 8
     print(f"W8A8 on vLLM vs fp32 transformers: worst |prompt log-prob difference| {worst:.4f}")
-    assert worst < (LOGPROB_TOLERANCE if _int8_dot_products_in_hardware() else LOGPROB_TOLERANCE_AVX2_ONLY)
+    assert worst < (LOGPROB_TOLERANCE if cpu_int8_dot_products() else LOGPROB_TOLERANCE_AVX2_ONLY)
     assert len(served["image_prompts"][0]["token_ids"]) == 8  # with an image, through the unquantized tower
 
 

@@ -289,6 +289,40 @@ def test_cpu_dtype_is_bf16_only_for_an_int8_export_on_an_amx_host(tmp_path, monk
     assert backends.vllm_dtype(SmokeConfig(int8), gpu=True) == "auto"
 
 
+def test_int8_export_on_a_cpu_without_vnni_or_amx_is_flagged_in_the_log_report_and_card(tmp_path, monkeypatch, caplog):
+    """W8A8 on an AVX2-only CPU drifts several times more than on VNNI/AMX: the smoke run says so (a
+    warning, the report's backend details, the model card); other formats and other CPUs get no note."""
+    import mucrasp.devices as devices
+    import mucrasp.serve.backends as backends
+    from mucrasp.export.model_card import _smoke_lines
+
+    quant = {"config_groups": {"group_0": {"weights": {"type": "int", "num_bits": 8}}}}
+    (tmp_path / "int8").mkdir()
+    (tmp_path / "int8" / "config.json").write_text(json.dumps({"quantization_config": quant}))
+    (tmp_path / "bf16").mkdir()
+    (tmp_path / "bf16" / "config.json").write_text(json.dumps({}))
+    for flags, int8_note in (({"avx2", "fma"}, True), ({"avx2", "avx512_vnni"}, False), ({"asimd"}, False)):
+        monkeypatch.setattr(devices, "cpu_flags", lambda flags=flags: frozenset(flags))
+        caplog.clear()
+        note = backends.cpu_int8_accuracy_note(tmp_path / "int8")
+        assert (note is not None) == int8_note, flags
+        assert (note in caplog.text) if note else "VNNI" not in caplog.text
+        assert backends.cpu_int8_accuracy_note(tmp_path / "bf16") is None
+    monkeypatch.setattr(devices, "cpu_flags", lambda: frozenset({"avx2"}))
+    note = backends.cpu_int8_accuracy_note(tmp_path / "int8")
+    assert "no VNNI or AMX" in note and "0.176" in note
+    smoke = {
+        "passed": True,
+        "backend": "vllm",
+        "throughput": {"tokens_per_s": 1.0},
+        "memory": {"what": "peak RSS", "peak_gb": 1.0},
+        "spot_check": {"skipped": "no set"},
+        "backend_details": {"cpu_int8_note": note},
+    }
+    assert f"- note: {note}" in _smoke_lines(smoke)
+    assert not any("note:" in line for line in _smoke_lines({**smoke, "backend_details": {"cpu_int8_note": None}}))
+
+
 def test_int8_widths_vllm_cannot_pack_on_amx_are_one_clear_error(tmp_path, monkeypatch):
     """A merged gate/up of 2 × 1080 rows passes vLLM's kernel check but not its packing: said before any engine
     starts, naming the layer and the fix. Widths in multiples of 16, or a host without AMX, pass."""
