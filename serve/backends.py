@@ -326,6 +326,13 @@ def cpu_int8_accuracy_note(export_dir: Path) -> str | None:
     return note
 
 
+def check_cpu_int8_export(export_dir: Path) -> str | None:
+    """Before an engine starts on a CPU host: widths vLLM's int8 kernel cannot pack are an error; an int8
+    export on a CPU without VNNI or AMX gets the accuracy note (returned for the report)."""
+    check_cpu_int8_widths(export_dir)
+    return cpu_int8_accuracy_note(export_dir)
+
+
 def amx_host() -> bool:
     import torch
 
@@ -376,10 +383,7 @@ def run_vllm_server(
 
     gpu = gpu_available()
     vision = "vision_config" in model_config(config.export_dir)
-    cpu_int8_note = None
-    if not gpu:
-        check_cpu_int8_widths(config.export_dir)
-        cpu_int8_note = cpu_int8_accuracy_note(config.export_dir)
+    cpu_int8_note = None if gpu else check_cpu_int8_export(config.export_dir)
     # The log goes where the report goes, and stays there only if the server fails.
     log_path = (Path(config.log_dir) if config.log_dir else config.report_path.parent) / "vllm-server.log"
     server = VllmServer(
@@ -445,10 +449,7 @@ def run_vllm_offline(
     """vllm.LLM without a server, in a worker process: the engine's memory is measurable and goes away."""
     gpu = gpu_available()
     vision = "vision_config" in model_config(config.export_dir)
-    cpu_int8_note = None
-    if not gpu:
-        check_cpu_int8_widths(config.export_dir)
-        cpu_int8_note = cpu_int8_accuracy_note(config.export_dir)
+    cpu_int8_note = None if gpu else check_cpu_int8_export(config.export_dir)
     with tempfile.TemporaryDirectory(prefix="mucrasp-vllm-offline-") as tmp:
         request = Path(tmp) / "request.json"
         result = Path(tmp) / "result.json"
