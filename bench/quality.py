@@ -8,7 +8,8 @@
 Same calibration set, same ratio definition and same slicing for every method. Each method scores
 once per model and is fused/allocated at each ratio ("score once, prune many"). Metrics come from
 `mucrasp.evaluation` against the dense model's own greedy traces on the test split (never used for
-calibration or tuning); `--eval-split validation` measures on a validation split instead (SmolLM2:
+calibration or tuning; accuracy is against the true answers: the demo scenes', and on SmolLM2 those
+of the word problems with a numeric answer); `--eval-split validation` measures on a validation split instead (SmolLM2:
 the second half of its calibration traces), which is where ablations decide the method's defaults.
 Treatments (`--treatments`): `oneshot` (prune only), `reconstruct` (prune, then refit o_proj and
 down_proj layer by layer on the same calibration set, `mucrasp.reconstruction`; `--ridges` sweeps its
@@ -41,6 +42,7 @@ from mucrasp.calibration.batches import CalibrationSource, load_processor
 from mucrasp.calibration.pivots import PivotConfig
 from mucrasp.calibration.records import load_records
 from mucrasp.demo.bundled import bundled_demo_model, ensure_demo_data
+from mucrasp.demo.word_problems import true_answers_of
 from mucrasp.evaluation.evaluate import EvalConfig, compare, dense_reference
 from mucrasp.model_loading import load_model
 from mucrasp.models.smollm2 import ensure_smollm2_checkpoint
@@ -116,7 +118,8 @@ def model_setups(names: list[str], args) -> list[dict]:
                 calibration=traces / "calibration.jsonl",
                 test=evaluation,
                 limit=args.smollm_items or None,
-                ground_truth=False,
+                ground_truth=True,  # the word problems' true answers (scored where the answer is a number)
+                true_answers=true_answers_of,
                 max_new_tokens=96,
                 recovery=recovery,
             )
@@ -223,6 +226,8 @@ def run_model(
     )
     started = time.perf_counter()
     reference = dense_reference(dense, processor, load_records(setup["test"], setup["limit"]), vision, config)
+    if "true_answers" in setup:  # the test file's responses are the dense traces, not true answers
+        reference.truths = setup["true_answers"]([r.prompt for r in reference.records])
     log(
         f"{setup['name']}: dense traces for {len(reference.records)} evaluation items in "
         f"{time.perf_counter() - started:.0f}s"

@@ -69,6 +69,31 @@ def test_word_problems_are_deterministic_and_split():
         split_prompts("train")
 
 
+def test_word_problems_know_their_true_answers():
+    from mucrasp.demo.word_problems import true_answers, true_answers_of
+
+    prompts, answers = split_prompts("test"), true_answers("test")
+    # Worked by hand from the prompts themselves (None: the prompt asks for an explanation).
+    expected = {
+        "A train leaves at 3 o'clock and travels for 2 hours.": "5",
+        "Anna is 10 years old. Her brother is 5 years older.": "15",
+        "Mei reads 9 pages every day. How many pages does Mei read in 5 days?": "45",
+        "Kofi walks 5 kilometers to school and back every day. How far does Kofi walk in 3 days?": "30",
+        "Anna had 17 pencils and gave away 7.": "10",
+        "There are 5 boxes with 8 apples in each box.": "40",
+        "Tom shares 18 coins equally among 4 friends.": "4.5",
+        "If all cats are animals and Lena's pet is a cat": None,
+        "A rectangle is 5 meters long and 6 meters wide.": "30",
+    }
+    for start, answer in expected.items():
+        (i,) = [i for i, p in enumerate(prompts) if p.startswith(start)]
+        assert answers[i] == answer, prompts[i]
+    for split in ("calibration", "recovery"):
+        assert len(true_answers(split)) == len(split_prompts(split))
+        assert true_answers_of(split_prompts(split)) == true_answers(split)
+    assert true_answers_of(["What is 2 + 2?"]) == [None]
+
+
 def test_demo_data_written_by_an_older_generator_is_rewritten(tmp_path):
     from mucrasp.demo.bundled import ensure_demo_data
     from mucrasp.demo.dataset import first_record

@@ -27,6 +27,8 @@ def test_unpruned_model_has_zero_divergence_and_full_agreement(tiny_vl, tmp_path
     assert report["agreement"] == 1.0
     assert 0 <= report["answered_items"] <= 4 and report["agreement_answered"] in (None, 1.0)
     assert report["cot_tokens"] > 0 and report["items"] == 4
+    assert report["traces_reproduced"] == 1.0 and report["shared_prefix_tokens"] > 0
+    assert report["next_token_match"] == 1.0
     assert (tmp_path / "r.json").is_file()
 
 
@@ -36,6 +38,22 @@ def test_pruned_model_has_positive_divergence(tiny_vl):
     assert report["cot_kl"] > 1e-4
     assert report["perplexity"] > 1.0
     assert report["method"] == "magnitude" and report["ratio"] == 0.4
+    assert report["traces_reproduced"] < 1.0 and report["next_token_match"] < 1.0
+
+
+def test_trace_overlap_counts_the_tokens_a_greedy_trace_shares_with_the_dense_one(tiny_vl):
+    from mucrasp.calibration.batches import load_processor
+    from mucrasp.calibration.records import CalibrationRecord
+    from mucrasp.evaluation.evaluate import _trace_overlap
+
+    tokenizer = load_processor(tiny_vl[0], vision=True).tokenizer
+    dense = "So 3 + 4 = 7 apples in total"
+    n = len(tokenizer(dense, add_special_tokens=False)["input_ids"])
+    shared = len(tokenizer("So 3 + 4 = ", add_special_tokens=False)["input_ids"])  # the tiny tokenizer: characters
+    references = [CalibrationRecord(None, "q", dense, "x")] * 2
+    overlap = _trace_overlap([dense, "So 3 + 4 = 8 apples"], references, tokenizer)
+    assert overlap["traces_reproduced"] == 0.5
+    assert overlap["shared_prefix_tokens"] == pytest.approx((n + shared) / 2)
 
 
 def test_a_trace_that_ran_into_the_token_cap_counts_as_unanswered(tiny_vl):
@@ -56,6 +74,7 @@ def test_a_trace_that_ran_into_the_token_cap_counts_as_unanswered(tiny_vl):
     "response, answer",
     [
         ("Step 1: ... Therefore the answer is 3.", "3"),
+        ("Each friend gets 18 / 4, so the answer is 4.5. Done.", "4.5"),
         ("Step 2: 4 is more. Therefore the answer is Squares.", "squares"),
         ("So 3 + 4 = 7 apples in total", "7"),
         ("Yes, it is an animal", "yes, it is an animal"),

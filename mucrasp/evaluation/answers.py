@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_SENTENCE_END = re.compile(r"\.(?:\s|$)")
 
 
 def final_answer(response: str) -> str | None:
@@ -12,7 +13,8 @@ def final_answer(response: str) -> str | None:
     marker = "the answer is "
     at = response.lower().rfind(marker)
     if at >= 0:
-        tail = response[at + len(marker) :].split(".")[0].strip()
+        # A sentence's full stop ends the answer, a decimal point does not ("the answer is 4.5.").
+        tail = _SENTENCE_END.split(response[at + len(marker) :])[0].strip()
         return tail.lower() or None
     numbers = _NUMBER.findall(response)
     if numbers:

@@ -109,23 +109,39 @@ def compare(
     for i, batch in enumerate(batches):
         accumulate_divergence(dense, pruned, batch, totals)
         progress("CoT divergence", i + 1, len(batches))
-    answers = [
-        final_answer(r)
-        for r in greedy_responses(
-            pruned, processor, reference.records, vision, config.max_new_tokens, config.batch_size, progress
-        )
-    ]
+    responses = greedy_responses(
+        pruned, processor, reference.records, vision, config.max_new_tokens, config.batch_size, progress
+    )
+    answers = [final_answer(r) for r in responses]
     dense_answers = [final_answer(r.response) for r in reference.records]
     metrics: dict[str, Any] = {"items": len(batches), **totals.as_metrics()}
     metrics["agreement"] = sum(a == d for a, d in zip(answers, dense_answers)) / len(answers)
+    metrics.update(_trace_overlap(responses, reference.records, processor))
     if reference.finished is not None:
         answered = [a == d for a, d, f in zip(answers, dense_answers, reference.finished) if f]
         metrics["answered_items"] = len(answered)
         metrics["agreement_answered"] = sum(answered) / len(answered) if answered else None
     if config.ground_truth:
-        metrics["accuracy"] = sum(a == t for a, t in zip(answers, reference.truths)) / len(answers)
-        metrics["dense_accuracy"] = sum(d == t for d, t in zip(dense_answers, reference.truths)) / len(answers)
+        # Over the items that have a true answer (a word problem asking for an explanation has none).
+        scored = [i for i, t in enumerate(reference.truths) if t is not None]
+        metrics["accuracy"] = sum(answers[i] == reference.truths[i] for i in scored) / max(len(scored), 1)
+        metrics["dense_accuracy"] = sum(dense_answers[i] == reference.truths[i] for i in scored) / max(len(scored), 1)
     return metrics
+
+
+def _trace_overlap(responses: list[str], references: list[CalibrationRecord], processor) -> dict[str, float]:
+    """How far the pruned model's greedy traces follow the dense ones: the mean number of leading tokens
+    they share, and the share reproduced token for token. Agreement on a small model's answers mostly
+    measures the latter, since its final answer is wherever its trace happens to end up."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    shared, reproduced = [], 0
+    for response, reference in zip(responses, references):
+        ours = tokenizer(response, add_special_tokens=False)["input_ids"]
+        theirs = tokenizer(reference.response.strip(), add_special_tokens=False)["input_ids"]
+        n = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        shared.append(n)
+        reproduced += ours == theirs
+    return {"shared_prefix_tokens": sum(shared) / len(shared), "traces_reproduced": reproduced / len(shared)}
 
 
 def check_report_path(out: Path | None, overwrite: bool) -> None:
