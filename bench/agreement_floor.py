@@ -9,7 +9,7 @@ answers on only 15-20% of the prompts. If a perturbation with no structure at al
 Gaussian noise on every linear weight, `scale` x that weight's RMS) at the same KL agrees just as
 rarely, low agreement is a property of the model and the metric, not of the pruning, and no method
 can reach the agreement goals at that KL. Reported per row, besides KL and agreement:
-- next-token match: how often the perturbed model's top token is the dense trace's (teacher-forced);
+- next-token match: how often the perturbed model's top token is the dense model's (teacher-forced);
 - shared prefix: mean leading tokens its greedy trace shares with the dense one, and the share of
   traces it reproduces token for token;
 - accuracy against the true answers of the word problems (`mucrasp.demo.word_problems.true_answers`),
@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from quality import rounded_to_bf16  # bench/quality.py's noise floor, the same rounding
 
 import mucrasp  # noqa: F401  (CPU-torch workarounds first)
 from mucrasp.atomic_io import write_figure_atomic, write_json_atomic, write_text_atomic
@@ -50,14 +51,6 @@ COLUMNS = [
     ("agreement_answered", "agreement, answered", "{:.3f}"),
     ("accuracy", "accuracy (true answers)", "{:.3f}"),
 ]
-
-
-def rounded_to_bf16(model):
-    rounded = copy.deepcopy(model)
-    with torch.no_grad():
-        for parameter in rounded.parameters():
-            parameter.copy_(parameter.to(torch.bfloat16))
-    return rounded
 
 
 def with_weight_noise(model, scale: float, seed: int):

@@ -145,6 +145,15 @@ def smollm_validation_split(calibration: Path, calib_samples: int | None) -> Pat
     return path
 
 
+def rounded_to_bf16(model):
+    """A copy of `model` with every parameter rounded to bf16 (kept in its own dtype): the noise floor."""
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in rounded.parameters():
+            parameter.copy_(parameter.to(torch.bfloat16))
+    return rounded
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -241,10 +250,7 @@ def run_model(
     }
     rows = [dense_row]
     if noise_floor:
-        rounded = copy.deepcopy(dense)
-        with torch.no_grad():
-            for parameter in rounded.parameters():
-                parameter.copy_(parameter.to(torch.bfloat16))
+        rounded = rounded_to_bf16(dense)
         rows.append(
             {
                 **dense_row,

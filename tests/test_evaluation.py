@@ -43,15 +43,14 @@ def test_pruned_model_has_positive_divergence(tiny_vl):
 
 def test_trace_overlap_counts_the_tokens_a_greedy_trace_shares_with_the_dense_one(tiny_vl):
     from mucrasp.calibration.batches import load_processor
-    from mucrasp.calibration.records import CalibrationRecord
     from mucrasp.evaluation.evaluate import _trace_overlap
 
     tokenizer = load_processor(tiny_vl[0], vision=True).tokenizer
     dense = "So 3 + 4 = 7 apples in total"
     n = len(tokenizer(dense, add_special_tokens=False)["input_ids"])
     shared = len(tokenizer("So 3 + 4 = ", add_special_tokens=False)["input_ids"])  # the tiny tokenizer: characters
-    references = [CalibrationRecord(None, "q", dense, "x")] * 2
-    overlap = _trace_overlap([dense, "So 3 + 4 = 8 apples"], references, tokenizer)
+    dense_ids = tokenizer(dense, add_special_tokens=False)["input_ids"]
+    overlap = _trace_overlap([dense, "So 3 + 4 = 8 apples"], [dense_ids, dense_ids], tokenizer)
     assert overlap["traces_reproduced"] == 0.5
     assert overlap["shared_prefix_tokens"] == pytest.approx((n + shared) / 2)
 
@@ -65,9 +64,9 @@ def test_a_trace_that_ran_into_the_token_cap_counts_as_unanswered(tiny_vl):
     trace = "So 3 + 4 = 7 apples in total, and then some more words follow here"
     length = len(tokenizer(trace, add_special_tokens=False)["input_ids"])
     assert length > 4
-    assert _stopped_before(trace, tokenizer, max_new_tokens=length + 2)
-    assert not _stopped_before(trace, tokenizer, max_new_tokens=length)
-    assert not _stopped_before(trace, tokenizer, max_new_tokens=length + 1)  # one token of slack for re-encoding
+    assert _stopped_before(length, max_new_tokens=length + 2)
+    assert not _stopped_before(length, max_new_tokens=length)
+    assert not _stopped_before(length, max_new_tokens=length + 1)  # one token of slack for re-encoding
 
 
 @pytest.mark.parametrize(

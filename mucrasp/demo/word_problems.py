@@ -44,9 +44,8 @@ def _share(r, n, i):
 
 def _train(r, n, i):
     a, b = r.randint(1, 9), r.randint(2, 3)
-    return f"A train leaves at {a} o'clock and travels for {b} hours. At what time does it arrive?", (
-        a + b - 1
-    ) % 12 + 1
+    arrival = (a + b - 1) % 12 + 1  # on a 12-hour clock
+    return f"A train leaves at {a} o'clock and travels for {b} hours. At what time does it arrive?", arrival
 
 
 def _age(r, n, i):

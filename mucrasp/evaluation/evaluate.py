@@ -55,6 +55,7 @@ class DenseReference:
 
     records: list[CalibrationRecord]  # prompts with the dense traces as responses
     truths: list[str | None]  # the data's own final answers (ground truth where it has it)
+    trace_ids: list[list[int]]  # each dense trace encoded once, for the pruned traces' overlap with it
     # Per trace: did the dense model stop on its own before max_new_tokens? A trace cut at the cap has no
     # final answer, only a last number, so agreement on it means reproducing the text up to the cap.
     finished: list[bool] | None = None
@@ -77,18 +78,25 @@ def dense_reference(
         CalibrationRecord(r.image, r.prompt, trace if trace else " ", f"{r.where} (dense trace)")
         for r, trace in zip(data_records, traces)
     ]
+    trace_ids = [_encoded(trace, processor) for trace in traces]
     return DenseReference(
         records,
         [final_answer(r.response) for r in data_records],
-        [_stopped_before(trace, processor, config.max_new_tokens) for trace in traces],
+        trace_ids,
+        [_stopped_before(len(ids), config.max_new_tokens) for ids in trace_ids],
     )
 
 
-def _stopped_before(trace: str, processor, max_new_tokens: int) -> bool:
-    """Whether a decoded greedy trace ended before the token cap. Re-encoding the stripped text can
-    lose a whitespace token, so a trace within one token of the cap counts as cut."""
+def _encoded(text: str, processor) -> list[int]:
     tokenizer = getattr(processor, "tokenizer", processor)
-    return len(tokenizer(trace, add_special_tokens=False)["input_ids"]) < max_new_tokens - 1
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _stopped_before(trace_tokens: int, max_new_tokens: int) -> bool:
+    """Whether a decoded greedy trace of `trace_tokens` tokens, re-encoded, ended before the token cap.
+    Re-encoding the stripped text can lose a whitespace token, so a trace within one token of the cap
+    counts as cut."""
+    return trace_tokens < max_new_tokens - 1
 
 
 def compare(
@@ -116,7 +124,7 @@ def compare(
     dense_answers = [final_answer(r.response) for r in reference.records]
     metrics: dict[str, Any] = {"items": len(batches), **totals.as_metrics()}
     metrics["agreement"] = sum(a == d for a, d in zip(answers, dense_answers)) / len(answers)
-    metrics.update(_trace_overlap(responses, reference.records, processor))
+    metrics.update(_trace_overlap(responses, reference.trace_ids, processor))
     if reference.finished is not None:
         answered = [a == d for a, d, f in zip(answers, dense_answers, reference.finished) if f]
         metrics["answered_items"] = len(answered)
@@ -129,15 +137,13 @@ def compare(
     return metrics
 
 
-def _trace_overlap(responses: list[str], references: list[CalibrationRecord], processor) -> dict[str, float]:
+def _trace_overlap(responses: list[str], dense_trace_ids: list[list[int]], processor) -> dict[str, float]:
     """How far the pruned model's greedy traces follow the dense ones: the mean number of leading tokens
     they share, and the share reproduced token for token. Agreement on a small model's answers mostly
     measures the latter, since its final answer is wherever its trace happens to end up."""
-    tokenizer = getattr(processor, "tokenizer", processor)
     shared, reproduced = [], 0
-    for response, reference in zip(responses, references):
-        ours = tokenizer(response, add_special_tokens=False)["input_ids"]
-        theirs = tokenizer(reference.response.strip(), add_special_tokens=False)["input_ids"]
+    for response, theirs in zip(responses, dense_trace_ids):
+        ours = _encoded(response, processor)
         n = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
         shared.append(n)
         reproduced += ours == theirs
