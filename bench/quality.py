@@ -158,16 +158,37 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def variants(methods: list[str], ablations: str, layouts: list[str] = ()) -> list[tuple[str, str, dict, str | None]]:
-    """(label, method, options, layout) for every row family of the table; layout None is the method's own.
+def variants(
+    methods: list[str],
+    ablations: str,
+    layouts: list[str] = (),
+    deviations: list[float] = (),
+    own_layout: bool = True,
+) -> list[tuple[str, str, dict, str | None, dict]]:
+    """(label, method, options, layout, allocation settings) for every row family of the table; layout
+    None is the method's own.
 
     Each of `layouts` that is not a method's own default adds a `method[layout]` row family, which
-    reuses that method's scores: it separates what the scores contribute from what the allocation does."""
-    rows = [(m, m, {}, None) for m in methods]
+    reuses that method's scores: it separates what the scores contribute from what the allocation does.
+    `deviations` sweeps the global-bounded layout's layer_deviation (one `method[global-bounded,λ=D]`
+    family each), for every method whose rows use that layout. `own_layout` False leaves out the rows
+    of each method's own layout (when an earlier run already has them)."""
+
+    def bounded_rows(label: str, method: str, options: dict, layout: str | None) -> list[tuple]:
+        if (layout or get_method(method).default_layout) != "global-bounded" or not deviations:
+            return [(label, method, options, layout, {})]
+        stem = label if layout is None else method
+        return [
+            (f"{stem}[global-bounded,λ={d:g}]", method, options, layout, {"layer_deviation": d}) for d in deviations
+        ]
+
+    rows = [row for m in methods for row in bounded_rows(m, m, {}, None)] if own_layout else []
     for m in methods:
-        rows += [(f"{m}[{layout}]", m, {}, layout) for layout in layouts if layout != get_method(m).default_layout]
+        for layout in layouts:
+            if layout != get_method(m).default_layout:
+                rows += bounded_rows(f"{m}[{layout}]", m, {}, layout)
     chosen = ABLATIONS if ablations == "all" else {k: ABLATIONS[k] for k in ablations.split(",") if k}
-    rows += [(label, "mucrasp", options, None) for label, options in chosen.items()]
+    rows += [(label, "mucrasp", options, None, {}) for label, options in chosen.items()]
     return rows
 
 
@@ -208,7 +229,7 @@ def treatments(
 
 def run_model(
     setup: dict,
-    methods: list[tuple[str, str, dict]],
+    methods: list[tuple[str, str, dict, str | None, dict]],
     ratios: list[float],
     on_row=lambda rows: None,
     treatment_list: list[Treatment] = (Treatment("oneshot"),),
@@ -263,7 +284,7 @@ def run_model(
     calibration = CalibrationSource(Path(setup["calibration"]), Path(setup["model"]), setup["calib_samples"])
     scored: dict[tuple, tuple] = {}
     recovery_batches = None
-    for label, method, options, layout in methods:
+    for label, method, options, layout, allocation in methods:
         scoring_options = {k: v for k, v in options.items() if k in SCORING_TIME_OPTIONS}
         key = (method, tuple(sorted(scoring_options.items())))
         if key not in scored:
@@ -287,6 +308,7 @@ def run_model(
                     scores=components,
                     method_options=options,
                     reconstruct=treatment.reconstruction or False,
+                    **allocation,
                 )
                 prune_seconds = time.perf_counter() - started
                 recovered = {}
@@ -319,6 +341,7 @@ def run_model(
                         "ratio": ratio,
                         "layout": outcome.layout,
                         "ratio_achieved": round(outcome.ratio_achieved, 4),
+                        "widths": outcome.plan.widths(),  # kept MLP channels and KV groups per layer
                         "score_seconds": round(score_seconds, 1),
                         "prune_seconds": round(prune_seconds, 1),
                         **recovered,
@@ -468,6 +491,16 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help=f"extra allocation layouts per method, as method[layout] rows on the same scores ({', '.join(LAYOUTS)})",
     )
+    parser.add_argument(
+        "--layer-deviations",
+        default="",
+        help="sweep the global-bounded layout's layer_deviation (comma list; validation only), one row family each",
+    )
+    parser.add_argument(
+        "--only-layouts",
+        action="store_true",
+        help="measure only the --layouts rows, not each method's own layout (an earlier run has those)",
+    )
     parser.add_argument("--smollm-traces", default="build/data/smollm", help="folder with SmolLM2's trace files")
     parser.add_argument("--out", default=str(RESULTS / "quality"))
     args = parser.parse_args(argv)
@@ -498,7 +531,13 @@ def main(argv: list[str] | None = None) -> int:
         # An interrupted run still leaves every finished row behind, in a file marked partial.
         rows = done + run_model(
             setup,
-            variants(methods, args.ablations, layouts),
+            variants(
+                methods,
+                args.ablations,
+                layouts,
+                [float(d) for d in args.layer_deviations.split(",") if d],
+                own_layout=not args.only_layouts,
+            ),
             ratios,
             on_row=lambda model_rows: write_text_atomic(
                 partial, markdown(done + model_rows, f"PARTIAL: rows so far of `{command}`, {machine}.")

@@ -11,6 +11,10 @@ groups, its best by value), with r the smallest ratio whose kept parameters fit 
 proportion of LLM-Pruner's `block_*_layer_start/end` (4 and 30 of LLaMA's 32 layers: the first
 round(n·4/32) and the last round(n·2/32) layers of an n-layer model), so the layers in between
 take a higher ratio for the same budget.
+`global-bounded` layout: the global knapsack, with every layer's pruned share of its prunable
+parameters held within `layer_deviation` of the ratio, [S − λ, S + λ] (the bound of OWL's
+non-uniform layer sparsity, Yin et al. 2023). λ = 0 gives every layer the ratio (with the knapsack
+still choosing between MLP channels and KV groups inside it); a large λ is the plain global layout.
 
 Before ranking, each unit type's values are rescaled so that its average value per parameter is 1
 (`balance_unit_types`). Without it, a score normalised per unit (a GQA group worth about as much as
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Callable, Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
@@ -48,8 +52,8 @@ if TYPE_CHECKING:
     from mucrasp.params import UnitCosts
     from mucrasp.units import KeepPlan, UnitScores
 
-LAYOUTS = ("global", "uniform", "ratio-per-layer", "ratio-per-layer-skip-ends")
-Layout = Literal["global", "uniform", "ratio-per-layer", "ratio-per-layer-skip-ends"]
+LAYOUTS = ("global", "global-bounded", "uniform", "ratio-per-layer", "ratio-per-layer-skip-ends")
+Layout = Literal["global", "global-bounded", "uniform", "ratio-per-layer", "ratio-per-layer-skip-ends"]
 #: LLM-Pruner's hf_prune.py defaults for LLaMA's 32 layers: prune layers 4..29, keep the first 4 and last 2.
 _SKIP_FIRST, _SKIP_LAST, _REFERENCE_LAYERS = 4, 2, 32
 #: The pruning ratio, checked here only: every config that takes one uses this type.
@@ -67,6 +71,9 @@ class AllocationSettings(JobConfig):
     min_kv_groups: int = Field(1, ge=1)  # ... and at least this many GQA groups (checked against the model)
     align: int = Field(8, ge=1)  # kept MLP channel counts are multiples of this power of two
     tp: int = Field(1, ge=1)  # kept KV-group counts divide by this (tensor-parallel size)
+    # global-bounded layout only: each layer prunes between ratio − this and ratio + this of its parameters
+    # (MuCRASP's default layout; 0.2 chosen on validation splits, see MucraspMethod.default_layout).
+    layer_deviation: float = Field(0.2, ge=0.0, le=1.0)
 
     @field_validator("align")
     @classmethod
@@ -145,7 +152,7 @@ def allocate(values: UnitScores, costs: UnitCosts, config: AllocationConfig) -> 
         return _allocate_uniform(values, costs, config, budget)
     if config.layout.startswith("ratio-per-layer"):
         return _allocate_ratio_per_layer(values, costs, config, budget)
-    return _allocate_global(values, costs, config, budget)
+    return _allocate_global(values, costs, config, budget, bounded=config.layout == "global-bounded")
 
 
 def balance_unit_types(values: UnitScores, costs: UnitCosts) -> UnitScores:
@@ -162,33 +169,65 @@ def balance_unit_types(values: UnitScores, costs: UnitCosts) -> UnitScores:
     return UnitScores(scaled[MLP], scaled[ATTN])
 
 
-def _allocate_global(values: UnitScores, costs: UnitCosts, config: AllocationConfig, budget: float) -> KeepPlan:
+def _allocate_global(
+    values: UnitScores, costs: UnitCosts, config: AllocationConfig, budget: float, bounded: bool = False
+) -> KeepPlan:
     from mucrasp.units import UNIT_TYPES
 
+    n_layers = len(values.mlp)
     kept: dict[tuple[int, str], list[torch.Tensor]] = {}
-    spent = 0
+    layer_kept = [0] * n_layers
     candidates: list[_Block] = []
+
+    def keep(block: _Block) -> None:
+        kept.setdefault((block.layer, block.unit_type), []).append(block.indices)
+        layer_kept[block.layer] += block.cost
+
     for t in UNIT_TYPES:
         for layer, layer_values in enumerate(values.of(t)):
             blocks = _layer_blocks(layer, t, layer_values, costs.of(t)[layer], config)
             forced = _minimum_units(t, len(layer_values), config) // _block_size(t, config)
-            forced = max(forced, 0)
             for block in blocks[:forced]:
-                kept.setdefault((layer, t), []).append(block.indices)
-                spent += block.cost
+                keep(block)
             candidates.extend(blocks[forced:])
+    # Value per parameter, best first; ties keep layer order so results are deterministic.
+    candidates.sort(key=lambda b: b.value / b.cost, reverse=True)
+    ceiling = [math.inf] * n_layers
+    if bounded:
+        candidates, ceiling = _layer_bounds(candidates, config, keep, layer_kept)
+    spent = sum(layer_kept)
     if spent > budget:
         raise MucraspError(
             f"ratio {config.ratio} is too high: the per-layer minimum keep alone needs "
             f"{spent / (budget / (1 - config.ratio)):.1%} of the prunable parameters"
         )
-    # Value per parameter, best first; ties keep layer order so results are deterministic.
-    candidates.sort(key=lambda b: b.value / b.cost, reverse=True)
     for block in candidates:
-        if spent + block.cost <= budget:
-            kept.setdefault((block.layer, block.unit_type), []).append(block.indices)
+        if spent + block.cost <= budget and layer_kept[block.layer] + block.cost <= ceiling[block.layer]:
+            keep(block)
             spent += block.cost
-    return _plan_from(kept, len(values.mlp))
+    return _plan_from(kept, n_layers)
+
+
+def _layer_bounds(
+    candidates: list[_Block], config: AllocationConfig, keep: Callable[[_Block], None], layer_kept: list[int]
+) -> tuple[list[_Block], list[float]]:
+    """Hold each layer's kept parameters within (1 − ratio ± layer_deviation) of its own.
+
+    The floor is met by keeping the layer's best remaining blocks (`candidates` is sorted best first)
+    without overshooting it, so the floors together stay inside the budget; the ceiling is returned
+    for the knapsack to respect. Returns the blocks still open and each layer's ceiling."""
+    totals = list(layer_kept)
+    for block in candidates:
+        totals[block.layer] += block.cost
+    floor = [(1.0 - config.ratio - config.layer_deviation) * total for total in totals]
+    ceiling = [(1.0 - config.ratio + config.layer_deviation) * total for total in totals]
+    still_open = []
+    for block in candidates:
+        if layer_kept[block.layer] + block.cost <= floor[block.layer]:
+            keep(block)
+        else:
+            still_open.append(block)
+    return still_open, ceiling
 
 
 def _allocate_uniform(values: UnitScores, costs: UnitCosts, config: AllocationConfig, budget: float) -> KeepPlan:

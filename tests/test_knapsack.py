@@ -59,3 +59,32 @@ def test_uniform_layout_gives_equal_widths():
     plan = allocate(scores(), costs(), AllocationConfig(ratio=0.4, layout="uniform"))
     assert plan.is_uniform()
     assert kept_params(plan) <= 0.6 * 4 * (64 * MLP_COST + 4 * ATTN_COST)
+
+
+def layer_pruned_shares(plan, mlp=64, groups=4):
+    total = mlp * MLP_COST + groups * ATTN_COST
+    return [1 - (len(x.mlp_channels) * MLP_COST + len(x.attn_groups) * ATTN_COST) / total for x in plan.layers]
+
+
+def test_global_bounded_holds_every_layer_near_the_ratio():
+    # Layer values grow 1x..4x with depth, so the plain knapsack strips the first layer far past the ratio.
+    values, ratio, deviation = scores(), 0.4, 0.1
+    unbounded = layer_pruned_shares(allocate(values, costs(), AllocationConfig(ratio=ratio)))
+    assert max(unbounded) > ratio + deviation + 0.05
+    plan = allocate(values, costs(), AllocationConfig(ratio=ratio, layout="global-bounded", layer_deviation=deviation))
+    shares = layer_pruned_shares(plan)
+    block = 8 * MLP_COST / (64 * MLP_COST + 4 * ATTN_COST)  # the floor is met without overshooting: one block short
+    assert all(ratio - deviation - 1e-9 <= s <= ratio + deviation + block for s in shares), shares
+    budget = (1 - ratio) * 4 * (64 * MLP_COST + 4 * ATTN_COST)
+    assert budget - max(8 * MLP_COST, ATTN_COST) < kept_params(plan) <= budget
+
+
+def test_global_bounded_spans_per_layer_and_global():
+    values = scores()
+    tight = allocate(values, costs(), AllocationConfig(ratio=0.4, layout="global-bounded", layer_deviation=0.0))
+    assert max(layer_pruned_shares(tight)) - min(layer_pruned_shares(tight)) < 0.1
+    loose = allocate(values, costs(), AllocationConfig(ratio=0.4, layout="global-bounded", layer_deviation=1.0))
+    plain = allocate(values, costs(), AllocationConfig(ratio=0.4))
+    assert loose.widths() == plain.widths()
+    for a, b in zip(loose.layers, plain.layers):
+        assert torch.equal(a.mlp_channels.sort().values, b.mlp_channels.sort().values)

@@ -177,3 +177,23 @@ def test_flatten_depth_profile_equalises_layer_means_and_keeps_the_order_inside_
     ratio = [float(layer.mean()) for layer in half.mlp]
     assert ratio[1] / ratio[0] == pytest.approx(10**0.5)  # half the log-gap between the layers stays
     torch.testing.assert_close(half.attn[0], torch.ones(2, dtype=torch.float64))
+
+
+def test_mucrasp_prunes_every_layer_within_its_deviation_of_the_ratio(vl_setup):
+    from mucrasp.params import unit_costs
+
+    model, adapter, batches, _ = vl_setup
+    costs = unit_costs(model, adapter)
+    ratio, deviation = 0.5, 0.05
+    outcome = prune_in_memory(
+        copy.deepcopy(model), adapter, ratio, method="mucrasp", calibration=batches, layer_deviation=deviation
+    )
+    assert outcome.layout == get_method("mucrasp").default_layout == "global-bounded"
+    for (mlp, groups), after, c_mlp, c_attn in zip(
+        outcome.widths_before, outcome.plan.widths(), costs.mlp_channel, costs.attn_group
+    ):
+        total = mlp * c_mlp + groups * c_attn
+        pruned = 1 - (after["mlp_channels"] * c_mlp + after["kv_groups"] * c_attn) / total
+        # The floor on kept parameters is met without overshooting it: at most one block (a GQA group) short.
+        assert ratio - deviation - 1e-9 <= pruned <= ratio + deviation + max(8 * c_mlp, c_attn) / total
+    assert abs(outcome.ratio_achieved - ratio) < 0.05

@@ -25,7 +25,9 @@ def prune_command(
     ratio: float = typer.Option(0.3, help="Fraction of the decoder's attention+MLP parameters to remove, in [0, 0.9]."),
     method: str = typer.Option(None, help="Scoring method (default: the --scores file's, else magnitude)."),
     layout: str = typer.Option(
-        None, help="global (per-layer widths) or uniform (stock checkpoint); default: the method's."
+        None,
+        help="global, global-bounded (per-layer widths), uniform (stock checkpoint), ratio-per-layer or "
+        "ratio-per-layer-skip-ends; default: the method's.",
     ),
     align: int = typer.Option(
         _default(AllocationSettings, "align"), help="Kept MLP channels per layer are a multiple of this power of two."
@@ -39,6 +41,10 @@ def prune_command(
     ),
     min_kv_groups: int = typer.Option(
         _default(AllocationSettings, "min_kv_groups"), help="Each layer keeps at least this many GQA groups."
+    ),
+    layer_deviation: float = typer.Option(
+        _default(AllocationSettings, "layer_deviation"),
+        help="global-bounded layout: each layer prunes within ratio ± this share of its parameters.",
     ),
     calib: Path = typer.Option(None, help="Calibration JSONL, for methods that need data."),
     scores: Path = typer.Option(
@@ -72,6 +78,7 @@ def prune_command(
         tp=tp,
         min_mlp_fraction=min_mlp_fraction,
         min_kv_groups=min_kv_groups,
+        layer_deviation=layer_deviation,
         calibration=calib,
         scores=scores,
         overwrite=overwrite,
