@@ -17,9 +17,11 @@ ridge and `--shrink-toward` what it shrinks toward, both to be chosen on a valid
 `recover` (reconstruct, then distil the dense model into the pruned one for `--recover-steps` steps on
 the same calibration traces, `mucrasp.recovery.distil`, the loop `mucrasp-deploy recover` runs; only
 for `--recover-methods`, all at the same step budget). Layouts are each method's default: llm-pruner
-uses its reference allocation (`ratio-per-layer-skip-ends`), wanda-sp `ratio-per-layer`, the others
-the global knapsack; the table's layout column says which. `--layouts` adds `method[layout]` rows on
-the same scores (allocation against ranking), `--ablations LABELS` only the named MuCRASP ablations.
+uses its reference allocation (`ratio-per-layer-skip-ends`), wanda-sp `ratio-per-layer`, mucrasp
+`global-bounded`, the others the global knapsack; the table's layout column says which.
+`--layouts` adds `method[layout]` rows on the same scores (allocation against ranking),
+`--layer-deviations` sweeps the global-bounded layout's λ, `--only-layouts` leaves out the rows of each
+method's own layout, `--ablations LABELS` only the named MuCRASP ablations.
 Writes bench/results/quality.{json,md,png}.
 """
 
