@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from mucrasp.allocation import AllocationSettings
+from mucrasp.allocation import LAYOUTS, AllocationSettings
 from mucrasp.cli.app import app, console
 from mucrasp.cli.progress import rich_progress
 from mucrasp.cli.shared_options import device_option, dtype_option
@@ -26,8 +26,7 @@ def prune_command(
     method: str = typer.Option(None, help="Scoring method (default: the --scores file's, else magnitude)."),
     layout: str = typer.Option(
         None,
-        help="global, global-bounded (per-layer widths), uniform (stock checkpoint), ratio-per-layer or "
-        "ratio-per-layer-skip-ends; default: the method's.",
+        help=f"One of {', '.join(LAYOUTS)} (uniform: a stock checkpoint); default: the method's.",
     ),
     align: int = typer.Option(
         _default(AllocationSettings, "align"), help="Kept MLP channels per layer are a multiple of this power of two."
